@@ -1,0 +1,77 @@
+"""maas_chroot: turn an Ubuntu cloud image into a custom MAAS image without a VM.
+
+    import maas_chroot as mc
+    path = mc.fetch(mc.cloud_image("noble"))
+    root = mc.extract(path, "/srv/work/noble")
+    with mc.Chroot(root) as ch:
+        ch.apt.update()
+        ch.apt.install(["jq"])
+    mc.sysprep(root)
+    res = mc.pack(root, "noble-custom.tgz")
+    mc.MaasClient.from_profile("admin").upload(res.path, name="custom/noble-custom")
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .archive import PackResult, extract, pack
+from .build import BuildResult, build
+from .chroot import Bind, Chroot, recover
+from .errors import (
+    ArchiveError,
+    BuildError,
+    ChrootBusyError,
+    ChrootError,
+    CommandError,
+    FetchError,
+    ImageNameError,
+    MaasApiError,
+    MaasChrootError,
+    PrivilegeError,
+    SourceError,
+    UnsafeArchiveError,
+    UnsafePathError,
+    VerificationError,
+)
+from .fetch import fetch
+from .maas import BootResource, MaasClient
+from .sources import ImageSource, cloud_image
+from .sysprep import SysprepReport, sysprep
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "ArchiveError",
+    "Bind",
+    "BootResource",
+    "BuildError",
+    "BuildResult",
+    "Chroot",
+    "ChrootBusyError",
+    "ChrootError",
+    "CommandError",
+    "FetchError",
+    "ImageNameError",
+    "ImageSource",
+    "MaasApiError",
+    "MaasChrootError",
+    "MaasClient",
+    "PackResult",
+    "PrivilegeError",
+    "SourceError",
+    "SysprepReport",
+    "UnsafeArchiveError",
+    "UnsafePathError",
+    "VerificationError",
+    "__version__",
+    "build",
+    "cloud_image",
+    "extract",
+    "fetch",
+    "pack",
+    "recover",
+    "sysprep",
+]

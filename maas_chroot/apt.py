@@ -1,0 +1,1 @@
+"""PLACEHOLDER (issue 5): Apt, reached as Chroot.apt."""

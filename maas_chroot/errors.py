@@ -1,0 +1,158 @@
+"""The error hierarchy: every failure the library reports is a MaasChrootError.
+
+A message says what failed, on which path or URL, and what to do about it.
+Structured fields let callers (and ``cli.py``) act on errors without parsing text.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+
+
+class MaasChrootError(Exception):
+    """Base class. ``hint`` is a one-line suggestion of what to do next."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class PrivilegeError(MaasChrootError):
+    """The operation needs root (mounts, namespaces, chroot, device nodes)."""
+
+
+class SourceError(MaasChrootError):
+    """An image source (release, architecture, format, URL, path) is not valid."""
+
+
+class FetchError(MaasChrootError):
+    """A download failed. ``url`` names it; ``status`` is the HTTP status if any."""
+
+    def __init__(
+        self, message: str, *, url: str, status: int | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.status = status
+
+
+class VerificationError(FetchError):
+    """A download did not match its checksum or signature; it has been deleted."""
+
+
+class ArchiveError(MaasChrootError):
+    """An archive could not be read or written. ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.path = os.fspath(path)
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive entry would land outside the destination (``member`` names it)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str],
+        member: str,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, path=path, hint=hint)
+        self.member = member
+
+
+class CommandError(MaasChrootError):
+    """A command exited non-zero (or could not be started)."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        *,
+        message: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.argv = [str(a) for a in argv]
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        if message is None:
+            message = (f"command {self.argv[0]!r} failed with exit code {returncode}: "
+                       f"{shlex.join(self.argv)}")
+            tail = _tail(stderr)
+            if tail:
+                message += "\n" + tail
+        super().__init__(message, hint=hint)
+
+
+class ChrootError(MaasChrootError):
+    """A chroot session could not be set up, or the root is not usable. ``root`` names it."""
+
+    def __init__(self, message: str, *, root: str | os.PathLike[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.root = os.fspath(root)
+
+
+class ChrootBusyError(ChrootError):
+    """Another session holds this root, or a killed session left a journal behind."""
+
+
+class UnsafePathError(ChrootError):
+    """A path would resolve outside the root (through ``..`` or a symlink)."""
+
+
+class MaasApiError(MaasChrootError):
+    """MAAS answered with an error. ``status`` and MAAS's own ``body`` are kept."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        body: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.status = status
+        self.body = body
+
+
+class ImageNameError(MaasChrootError, ValueError):
+    """A boot-resource name, architecture or base image that MAAS would refuse."""
+
+
+class BuildError(MaasChrootError):
+    """A step of ``build()`` failed. ``step`` names it; ``cause`` is the original error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str,
+        workdir: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.step = step
+        self.workdir = workdir
+
+
+def _tail(text: str | None, lines: int = 20) -> str:
+    if not text:
+        return ""
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])

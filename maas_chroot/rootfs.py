@@ -1,0 +1,412 @@
+"""Host-side file operations confined to a root directory.
+
+Every write the library makes into an image goes through here. Paths are
+resolved *inside* the root, the way the kernel would resolve them for a process
+chrooted there: with ``openat2(RESOLVE_IN_ROOT)`` when the kernel has it (5.6+),
+else with an equivalent component walk (``O_PATH|O_NOFOLLOW`` per component,
+symlinks re-resolved against the root). So an image symlink such as
+``etc/resolv.conf -> /etc/hosts`` or ``usr/sbin -> ../../../../usr/sbin`` can
+never redirect a write onto the host. The final component is never followed by
+writes and removals: replacing ``etc/resolv.conf`` replaces the link itself.
+
+It also holds :func:`remove_tree`, the only way the library deletes a
+directory tree: it refuses to run while anything is mounted below the tree and
+never crosses a filesystem boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import platform
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import MaasChrootError, UnsafePathError
+
+log = logging.getLogger(__name__)
+
+#: The session journal a live or killed :class:`~maas_chroot.Chroot` keeps in the root.
+#: ``pack()`` refuses a root that has one; ``recover()`` replays it.
+JOURNAL_NAME = ".maas-chroot-session.json"
+
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437,
+                "riscv64": 437, "armv7l": 437, "i686": 437}.get(platform.machine())
+_MAX_SYMLINKS = 40
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_have_openat2: bool | None = None if _SYS_OPENAT2 is not None else False
+
+
+def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int:
+    global _have_openat2
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    while True:
+        fd = int(_libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
+                               ctypes.sizeof(how)))
+        if fd >= 0:
+            return fd
+        err = ctypes.get_errno()
+        if err in (errno.EINTR, errno.EAGAIN):
+            continue
+        if err in (errno.ENOSYS, errno.EPERM) and _have_openat2 is None:
+            # ENOSYS: kernel < 5.6; EPERM: a seccomp filter (some container runtimes).
+            _have_openat2 = False
+            raise NotImplementedError
+        raise OSError(err, os.strerror(err), path)
+
+
+def _walk_open(rootfd: int, path: str, flags: int, mode: int) -> int:
+    """Resolve ``path`` inside ``rootfd`` one component at a time (RESOLVE_IN_ROOT emulation)."""
+    todo = [c for c in path.split("/") if c not in ("", ".")]
+    todo.reverse()  # a stack: the next component is at the end
+    stack = [os.dup(rootfd)]  # fds of the directories walked so far; stack[0] is the root
+    links = 0
+    try:
+        while todo:
+            comp = todo.pop()
+            if comp == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            if not todo:  # the final component
+                try:
+                    st = os.stat(comp, dir_fd=stack[-1], follow_symlinks=False)
+                    is_link = stat.S_ISLNK(st.st_mode)
+                except FileNotFoundError:
+                    is_link = False
+                if not is_link or flags & os.O_NOFOLLOW:
+                    return os.open(comp, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                                   dir_fd=stack[-1])
+            else:
+                fd = os.open(comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+                st = os.fstat(fd)
+                if not stat.S_ISLNK(st.st_mode):
+                    if not stat.S_ISDIR(st.st_mode):
+                        os.close(fd)
+                        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+                    stack.append(fd)
+                    continue
+                os.close(fd)
+            # comp is a symlink to follow: splice its target into the walk.
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            target = os.readlink(comp, dir_fd=stack[-1])
+            if target.startswith("/"):
+                while len(stack) > 1:
+                    os.close(stack.pop())
+            todo.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
+            if not todo:  # a link to "/" (or to the current directory)
+                return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
+        return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def open_in_root(root: str | os.PathLike[str], path: str, flags: int, mode: int = 0o644) -> int:
+    """``open(path)`` as seen by a process chrooted at ``root``; returns an fd.
+
+    Pass ``os.O_NOFOLLOW`` to refuse a final symlink (``ELOOP``), as with open(2).
+    """
+    rootfd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return open_at(rootfd, path, flags, mode)
+    finally:
+        os.close(rootfd)
+
+
+def open_at(rootfd: int, path: str, flags: int, mode: int = 0o644) -> int:
+    """Like :func:`open_in_root`, with the root given as an ``O_PATH`` directory fd."""
+    if _have_openat2 is not False:
+        with contextlib.suppress(NotImplementedError):
+            return _openat2(rootfd, path, flags, mode)
+    return _walk_open(rootfd, path, flags, mode)
+
+
+def _split(path: str) -> tuple[str, str]:
+    norm = "/" + path.strip("/")
+    parent, _, name = norm.rpartition("/")
+    if name in ("", ".", ".."):
+        raise UnsafePathError(f"not a file path inside the root: {path!r}", root="/",
+                              hint="name a file, such as /etc/motd")
+    return parent or "/", name
+
+
+@contextlib.contextmanager
+def parent_dir(root: str | os.PathLike[str], path: str, *, create: bool = False,
+               mode: int = 0o755) -> Iterator[tuple[int, str]]:
+    """Yield ``(dirfd, name)``: the parent of ``path`` resolved in the root, and the leaf name.
+
+    The leaf is not resolved, so callers act on it with ``dir_fd=`` calls and
+    never follow it. ``create`` makes missing parents (root-owned, ``mode``).
+    """
+    parent, name = _split(path)
+    if create:
+        makedirs(root, parent, mode=mode)
+    try:
+        fd = open_in_root(root, parent, os.O_PATH | os.O_DIRECTORY)
+    except OSError as e:
+        raise UnsafePathError(f"cannot open {parent!r} inside {os.fspath(root)}: {e.strerror}",
+                              root=root) from e
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def makedirs(root: str | os.PathLike[str], path: str, *, mode: int = 0o755) -> None:
+    """``mkdir -p`` inside the root, resolving every component inside it."""
+    rootfd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = [c for c in path.split("/") if c not in ("", ".")]
+        for i in range(len(parts)):
+            sub = "/" + "/".join(parts[: i + 1])
+            try:
+                os.close(open_at(rootfd, sub, os.O_PATH | os.O_DIRECTORY))
+                continue
+            except FileNotFoundError:
+                pass
+            pfd = open_at(rootfd, "/" + "/".join(parts[:i]), os.O_PATH | os.O_DIRECTORY)
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(parts[i], mode, dir_fd=pfd)
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(rootfd)
+
+
+def write_file(root: str | os.PathLike[str], path: str, data: str | bytes, *,
+               mode: int = 0o644, uid: int = 0, gid: int = 0, mkdirs: bool = True) -> None:
+    """Atomically create or replace the file ``path`` inside the root.
+
+    Written to a temporary name in the same directory, then renamed over the
+    leaf, so an existing symlink at ``path`` is replaced, never written through.
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    with parent_dir(root, path, create=mkdirs) as (dfd, name):
+        tmp = f".{name}.maas-chroot-{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
+        try:
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+
+
+def symlink(root: str | os.PathLike[str], path: str, target: str) -> None:
+    """Create or replace the symlink ``path -> target`` inside the root (target verbatim)."""
+    with parent_dir(root, path) as (dfd, name):
+        tmp = f".{name}.maas-chroot-{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
+        os.symlink(target, tmp, dir_fd=dfd)
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+
+
+def read_file(root: str | os.PathLike[str], path: str, *, follow: bool = True) -> bytes:
+    """Read ``path`` inside the root (symlinks resolved inside the root unless ``follow=False``)."""
+    flags = os.O_RDONLY | (0 if follow else os.O_NOFOLLOW)
+    fd = open_in_root(root, path, flags)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def lstat(root: str | os.PathLike[str], path: str) -> os.stat_result | None:
+    """``lstat`` of ``path`` inside the root, or None if it does not exist."""
+    try:
+        with parent_dir(root, path) as (dfd, name):
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except (FileNotFoundError, UnsafePathError):
+        return None
+
+
+def unlink(root: str | os.PathLike[str], path: str, *, missing_ok: bool = True) -> bool:
+    """Remove a file or symlink inside the root (never what it points to). True if removed."""
+    try:
+        with parent_dir(root, path) as (dfd, name):
+            os.unlink(name, dir_fd=dfd)
+            return True
+    except (FileNotFoundError, UnsafePathError):
+        if missing_ok:
+            return False
+        raise
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a path inside a root was: enough to put it back exactly (see :func:`snapshot`)."""
+
+    path: str
+    kind: str  # "absent" | "file" | "symlink"
+    data: bytes = b""
+    target: str = ""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "kind": self.kind, "data": self.data.hex(),
+                "target": self.target, "mode": self.mode, "uid": self.uid, "gid": self.gid}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> Entry:
+        return cls(path=str(obj["path"]), kind=str(obj["kind"]),
+                   data=bytes.fromhex(str(obj.get("data", ""))), target=str(obj.get("target", "")),
+                   mode=int(obj.get("mode", 0o644)), uid=int(obj.get("uid", 0)),  # type: ignore[call-overload]
+                   gid=int(obj.get("gid", 0)))  # type: ignore[call-overload]
+
+
+def snapshot(root: str | os.PathLike[str], path: str) -> Entry:
+    """Record what ``path`` is (absent, a regular file with its bytes, or a symlink)."""
+    with parent_dir(root, path) as (dfd, name):
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return Entry(path, "absent")
+        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        if stat.S_ISLNK(st.st_mode):
+            return Entry(path, "symlink", target=os.readlink(name, dir_fd=dfd), mode=mode,
+                         uid=uid, gid=gid)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            with os.fdopen(fd, "rb") as f:
+                return Entry(path, "file", data=f.read(), mode=mode, uid=uid, gid=gid)
+    raise UnsafePathError(f"{path} in {os.fspath(root)} is neither a file nor a symlink",
+                          root=root, hint="remove or fix it in the image")
+
+
+def restore(root: str | os.PathLike[str], entry: Entry) -> None:
+    """Put ``entry.path`` back to exactly what :func:`snapshot` recorded."""
+    if entry.kind == "absent":
+        unlink(root, entry.path)
+    elif entry.kind == "symlink":
+        symlink(root, entry.path, entry.target)
+        with parent_dir(root, entry.path) as (dfd, name):
+            os.chown(name, entry.uid, entry.gid, dir_fd=dfd, follow_symlinks=False)
+    else:
+        write_file(root, entry.path, entry.data, mode=entry.mode, uid=entry.uid, gid=entry.gid,
+                   mkdirs=False)
+
+
+# --- mounts and safe removal -------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 1 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_under(path: str | os.PathLike[str]) -> list[str]:
+    """Mount points at or below ``path`` in this process's mount namespace, deepest first."""
+    top = os.path.realpath(os.fspath(path))
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = _unescape(line.split()[4])
+            if point == top or point.startswith(top.rstrip("/") + "/"):
+                found.append(point)
+    return sorted(set(found), key=lambda p: (-p.count("/"), p))
+
+
+def remove_tree(path: str | os.PathLike[str], *, missing_ok: bool = True) -> None:
+    """Delete a directory tree, safely.
+
+    Refuses (with :class:`MaasChrootError`) while anything is mounted at or
+    below ``path``, never follows symlinks, and never descends into a
+    directory on another filesystem. This is the only ``rm -rf`` in the library.
+    """
+    p = os.fspath(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(p)
+        return
+    mounted = mounts_under(p)
+    if mounted:
+        raise MaasChrootError(
+            f"refusing to delete {p}: something is mounted below it ({', '.join(mounted[:3])})",
+            hint=f"unmount it first (umount -R {mounted[-1]}), then retry",
+        )
+    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _clear_dir(fd, st.st_dev, p)
+    finally:
+        os.close(fd)
+    os.rmdir(p)
+
+
+def clear_dir_at(dirfd: int, where: str) -> None:
+    """Delete everything inside the open directory ``dirfd`` (same filesystem only)."""
+    _clear_dir(dirfd, os.fstat(dirfd).st_dev, where)
+
+
+def _clear_dir(dirfd: int, dev: int, where: str) -> None:
+    with os.scandir(dirfd) as it:
+        entries = list(it)
+    for entry in entries:
+        name = entry.name
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            if st.st_dev != dev:
+                raise MaasChrootError(
+                    f"refusing to delete {where}/{name}: it is on another filesystem (a mount?)",
+                    hint=f"unmount {where}/{name} first",
+                )
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=dirfd)
+            try:
+                _clear_dir(sub, dev, f"{where}/{name}")
+            finally:
+                os.close(sub)
+            try:
+                os.rmdir(name, dir_fd=dirfd)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise MaasChrootError(
+                        f"refusing to delete {where}/{name}: it is busy (mounted)",
+                        hint=f"umount -R {where}/{name}") from e
+                raise
+        else:
+            os.unlink(name, dir_fd=dirfd)
