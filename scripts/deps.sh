@@ -29,7 +29,7 @@ install_apt() {
 # make_venv EXTRAS: create .venv with the interpreter in $PYTHON (default python3, 3.10+)
 # and install the package editable with the given extras.
 make_venv() {
-  top=$(cd "$(dirname "$0")/.." && pwd)
+  top=$(pwd)   # callers cd to the repository top first
   py=${PYTHON:-python3}
   venv="$top/.venv"
   if [ ! -x "$venv/bin/python" ]; then
@@ -39,7 +39,9 @@ make_venv() {
   stamp="$venv/.installed-$1"
   if [ ! -e "$stamp" ] || [ "$top/setup.cfg" -nt "$stamp" ]; then
     echo "+ pip install -e .[$1]"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$top[$1]"
+    log="$venv/pip-install.log"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$top[$1]" >"$log" 2>&1 \
+      || { cat "$log" >&2; echo "pip install failed (log: $log)" >&2; exit 1; }
     touch "$stamp"
   fi
   PATH="$venv/bin:$PATH"
