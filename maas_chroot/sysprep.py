@@ -1,14 +1,442 @@
-"""PLACEHOLDER (issue 5): sysprep(), SysprepReport."""
+"""Scrub a rootfs so that every machine MAAS deploys from it is unique and clean.
+
+Operations are named in the style of virt-sysprep (see :data:`OPERATIONS`) and
+each can be skipped with ``keep=``. Safety rules, for every operation:
+
+* every path is resolved inside the root (``openat2(RESOLVE_IN_ROOT)`` via
+  :mod:`maas_chroot.rootfs`), so no symlink in the image, absolute or ``..``,
+  leads outside it;
+* the thing scrubbed is never followed: a symlink is removed as a link, never
+  truncated through, and a directory whose *contents* are cleared (``/tmp``,
+  ``/var/log``, apt lists) is left alone when it is itself a symlink, since
+  ``/tmp -> ../../..`` would otherwise name the whole image;
+* no directory on another filesystem is entered, and a root with anything
+  mounted below it, or with a live or killed :class:`~maas_chroot.Chroot`
+  session's journal, is refused.
+"""
+
 from __future__ import annotations
 
+import contextlib
+import errno
+import fnmatch
+import logging
 import os
-from dataclasses import dataclass
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator
+
+from . import progress as _progress
+from . import rootfs
+from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport, human_size
+from .errors import ChrootBusyError, ChrootError, MaasChrootError
+
+__all__ = ["OPERATIONS", "SysprepItem", "SysprepOperation", "SysprepReport", "sysprep"]
+
+log = logging.getLogger(__name__)
+
+FSTAB_HEADER = ("# /etc/fstab: static file system information.\n"
+                "# Emptied by maas_chroot.sysprep: MAAS (curtin) writes it at deploy time.\n")
+
+_PROXY_LINE = re.compile(r"^[^#\n]*\bAcquire::(?:https?|ftp|socks5h?)::Proxy\b[^\n]*\n?",
+                         re.IGNORECASE | re.MULTILINE)
+_ROOT_HOME = (".bash_history", ".cache", ".ssh", ".lesshst", ".python_history", ".viminfo",
+              ".wget-hsts")
 
 
-@dataclass(frozen=True)
-class SysprepReport:
-    root: str
+class _Scrub:
+    """One sysprep run: an ``O_PATH`` fd on the root and the items and notes collected."""
+
+    def __init__(self, root: str, rootfd: int) -> None:
+        self.root = root
+        self.rootfd = rootfd
+        self.items: list[SysprepItem] = []
+        self.notes: list[str] = []
+
+    def _add(self, path: str, action: str, freed: int) -> None:
+        log.debug("sysprep: %s %s (%s)", action, path, human_size(freed))
+        self.items.append(SysprepItem(path, action, freed))
+
+    @contextlib.contextmanager
+    def parent(self, path: str) -> Iterator[tuple[int, str] | None]:
+        """``(dirfd, leaf)`` of ``path`` resolved in the root, or None if the parent is absent."""
+        parent, _, name = ("/" + path.strip("/")).rpartition("/")
+        try:
+            fd = rootfs.open_at(self.rootfd, parent or "/", os.O_PATH | os.O_DIRECTORY, 0)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            if e.errno == errno.ELOOP:
+                self.notes.append(f"{parent}: too many levels of symlinks, left alone")
+            yield None
+            return
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def directory(self, path: str) -> Iterator[int | None]:
+        """An fd on the real directory ``path`` (never a symlink to one), or None."""
+        with self.parent(path) as p:
+            if p is None:
+                yield None
+                return
+            pfd, name = p
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                yield None
+                return
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(name, dir_fd=pfd)
+                self.notes.append(f"{path} is a symlink (-> {target}): not followed, left alone")
+                yield None
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                yield None
+                return
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=pfd)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+
+    def remove_at(self, dfd: int, name: str, path: str) -> None:
+        """Remove the entry ``name`` of ``dfd`` (a file, a link, or a whole tree); record it."""
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dfd)
+            try:
+                if os.fstat(fd).st_dev != os.fstat(dfd).st_dev:
+                    raise MaasChrootError(f"refusing to remove {path} in {self.root}: it is on "
+                                          "another filesystem (a mount?)",
+                                          hint=f"unmount {self.root}{path} first")
+                freed = _du(fd)
+                rootfs.clear_dir_at(fd, self.root + path)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=dfd)
+        else:
+            freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            os.unlink(name, dir_fd=dfd)
+        self._add(path, "removed", freed)
+
+    def remove(self, path: str) -> None:
+        with self.parent(path) as p:
+            if p is not None:
+                self.remove_at(p[0], p[1], path)
+
+    def remove_glob(self, dirpath: str, pattern: str = "*", *, exclude: Iterable[str] = ()) -> None:
+        """Remove the entries of the directory ``dirpath`` that match ``pattern``."""
+        skip = set(exclude)
+        with self.directory(dirpath) as dfd:
+            if dfd is None:
+                return
+            for name in sorted(os.listdir(dfd)):
+                if name not in skip and fnmatch.fnmatchcase(name, pattern):
+                    self.remove_at(dfd, name, f"{dirpath.rstrip('/')}/{name}")
+
+    def truncate_at(self, dfd: int, name: str, path: str) -> None:
+        """Empty the regular file ``name`` of ``dfd`` (keeping it, its owner and mode)."""
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return
+        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dfd)
+        try:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino:
+                return  # replaced under us: leave it
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+        self._add(path, "truncated", now.st_size)
+
+    def truncate(self, path: str) -> None:
+        with self.parent(path) as p:
+            if p is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.truncate_at(p[0], p[1], path)
+
+    def truncate_tree(self, dirpath: str) -> None:
+        """Truncate every regular file below ``dirpath``; symlinks and other mounts are skipped."""
+        with self.directory(dirpath) as dfd:
+            if dfd is not None:
+                self._truncate_tree(dfd, dirpath.rstrip("/"))
+
+    def _truncate_tree(self, dfd: int, where: str) -> None:
+        dev = os.fstat(dfd).st_dev
+        for name in sorted(os.listdir(dfd)):
+            path = f"{where}/{name}"
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                self.truncate_at(dfd, name, path)
+            elif stat.S_ISDIR(st.st_mode):
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dfd)
+                try:
+                    if os.fstat(fd).st_dev != dev:
+                        self.notes.append(f"{path} is another filesystem: left alone")
+                        continue
+                    self._truncate_tree(fd, path)
+                finally:
+                    os.close(fd)
+
+    def read_regular(self, path: str) -> tuple[bytes, os.stat_result] | None:
+        """The bytes of ``path`` if it is a regular file (a symlink is not followed), else None."""
+        with self.parent(path) as p:
+            if p is None:
+                return None
+            try:
+                fd = os.open(p[1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=p[0])
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                    return None
+                raise
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                return (f.read(), st) if stat.S_ISREG(st.st_mode) else None
+
+    def rewrite(self, path: str, data: str, st: os.stat_result, *, mode: int | None = None) -> None:
+        """Atomically replace ``path`` (a file or a link, never followed) with a regular file."""
+        new = data.encode()
+        with self.parent(path) as p:
+            if p is None:
+                return
+            dfd, name = p
+            tmp = f".{name}.sysprep-{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dfd)
+            try:
+                try:
+                    os.write(fd, new)
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode) if mode is None else mode)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+        freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        self._add(path, "rewritten", max(0, freed - len(new)))
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        with self.parent(path) as p:
+            if p is None:
+                return None
+            try:
+                return os.stat(p[1], dir_fd=p[0], follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists, symlinks resolved inside the root (as the image sees it)."""
+        try:
+            os.close(rootfs.open_at(self.rootfd, path, os.O_PATH, 0))
+        except OSError:
+            return False
+        return True
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            fd = rootfs.open_at(self.rootfd, path, os.O_RDONLY | os.O_DIRECTORY, 0)
+        except OSError:
+            return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
 
-def sysprep(root: str | os.PathLike[str]) -> SysprepReport:
-    raise NotImplementedError
+def _du(dfd: int) -> int:
+    """Apparent size of the regular files below the open directory ``dfd`` (no symlinks)."""
+    total = 0
+    with os.scandir(dfd) as it:
+        entries = list(it)
+    for entry in entries:
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+        elif stat.S_ISDIR(st.st_mode):
+            fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dfd)
+            try:
+                total += _du(fd)
+            finally:
+                os.close(fd)
+    return total
+
+
+# --- the operations ----------------------------------------------------------------------
+
+
+def _machine_id(s: _Scrub) -> None:
+    st = s.lstat("/etc/machine-id")
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        # Never truncate through a link: put an empty file in its place.
+        s.rewrite("/etc/machine-id", "", st, mode=0o444)
+        s.notes.append("/etc/machine-id was a symlink: replaced by an empty file")
+    else:
+        s.truncate("/etc/machine-id")
+    st = s.lstat("/var/lib/dbus/machine-id")
+    if st is not None and stat.S_ISREG(st.st_mode):  # a link to /etc/machine-id stays
+        s.remove("/var/lib/dbus/machine-id")
+
+
+def _cloud_init(s: _Scrub) -> None:
+    for name in ("instance", "instances", "data", "sem"):
+        s.remove(f"/var/lib/cloud/{name}")
+    s.remove_glob("/var/log", "cloud-init*.log")
+
+
+def _fstab(s: _Scrub) -> None:
+    found = s.read_regular("/etc/fstab")
+    if found is None:
+        return
+    text = found[0].decode("utf-8", "replace")
+    if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        s.rewrite("/etc/fstab", FSTAB_HEADER, found[1])
+
+
+def _apt_proxy(s: _Scrub) -> None:
+    paths = ["/etc/apt/apt.conf"]
+    paths += [f"/etc/apt/apt.conf.d/{n}" for n in s.listdir("/etc/apt/apt.conf.d")]
+    for path in paths:
+        found = s.read_regular(path)
+        if found is None:
+            continue
+        text = found[0].decode("utf-8", "replace")
+        rest = _PROXY_LINE.sub("", text)
+        if rest == text:
+            continue
+        meaningful = [ln for ln in rest.splitlines()
+                      if ln.strip() and not ln.lstrip().startswith(("#", "//"))]
+        if meaningful:
+            s.rewrite(path, rest, found[1])
+        else:
+            s.remove(path)
+
+
+def _apt_lists(s: _Scrub) -> None:
+    s.remove_glob("/var/lib/apt/lists", exclude=("partial", "lock"))
+    s.remove_glob("/var/lib/apt/lists/partial")
+
+
+def _apt_cache(s: _Scrub) -> None:
+    s.remove_glob("/var/cache/apt/archives", "*.deb")
+    s.remove_glob("/var/cache/apt/archives/partial")
+    s.remove_glob("/var/cache/apt", "*.bin")
+
+
+def _tmp(s: _Scrub) -> None:
+    s.remove_glob("/tmp")
+    s.remove_glob("/var/tmp")
+
+
+def _root_home(s: _Scrub) -> None:
+    for name in _ROOT_HOME:
+        s.remove(f"/root/{name}")
+
+
+_OPS: dict[str, Callable[[_Scrub], None]] = {
+    "machine-id": _machine_id,
+    "cloud-init": _cloud_init,
+    "netplan": lambda s: s.remove("/etc/netplan/50-cloud-init.yaml"),
+    "fstab": _fstab,
+    "ssh-hostkeys": lambda s: s.remove_glob("/etc/ssh", "ssh_host_*"),
+    "random-seed": lambda s: s.remove("/var/lib/systemd/random-seed"),
+    "apt-proxy": _apt_proxy,
+    "apt-lists": _apt_lists,
+    "apt-cache": _apt_cache,
+    "tmp": _tmp,
+    "logs": lambda s: s.truncate_tree("/var/log"),
+    "root-home": _root_home,
+}
+
+#: Every operation, in the order it runs; pass names to ``keep=`` to skip them.
+OPERATIONS: tuple[str, ...] = tuple(_OPS)
+
+
+def _inspect(s: _Scrub) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
+    """(warnings, kernels, has cloud-init, has netplan): what MAAS needs from the image."""
+    warnings = []
+    cloud_init = any(s.exists(p) for p in ("/usr/bin/cloud-init", "/bin/cloud-init"))
+    netplan = any(s.exists(p) for p in ("/usr/sbin/netplan", "/sbin/netplan", "/usr/bin/netplan"))
+    if not cloud_init:
+        warnings.append("cloud-init is not installed: MAAS runs `cloud-init --version` in the "
+                        "target and fails the deployment; install the cloud-init package")
+    if not netplan:
+        warnings.append("netplan is not installed: MAAS runs `netplan info` in the target and "
+                        "fails the deployment; install the netplan.io package")
+    versions = {n.split("-", 1)[1] for n in s.listdir("/boot")
+                if n.startswith(("vmlinuz-", "vmlinux-")) and "-" in n}
+    versions.update(s.listdir("/lib/modules"))
+    return tuple(warnings), tuple(sorted(versions)), cloud_init, netplan
+
+
+def _check_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise ChrootError(f"sysprep: {root} is not a directory", root=root,
+                          hint="pass the directory a rootfs was extracted into")
+    if os.path.lexists(os.path.join(root, rootfs.JOURNAL_NAME)):
+        raise ChrootBusyError(
+            f"sysprep: {root} has a chroot session journal ({rootfs.JOURNAL_NAME}): a session "
+            "is still open on it, or one was killed before it could clean up", root=root,
+            hint=f"leave the `with Chroot(...)` block first, or run "
+                 f"maas_chroot.recover({root!r}) to undo a killed session")
+    mounted = rootfs.mounts_under(root)
+    if mounted:
+        raise ChrootBusyError(f"sysprep: something is mounted below {root} ({mounted[0]})",
+                              root=root, hint=f"umount -R {mounted[-1]} first")
+
+
+def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
+            progress: bool | None = None) -> SysprepReport:
+    """Scrub ``root`` for deployment by MAAS; return what was removed and what is missing.
+
+    ``keep`` names operations (from :data:`OPERATIONS`) to skip, e.g.
+    ``keep=("ssh-hostkeys", "logs")``. Nothing outside ``root`` is touched.
+    """
+    top = os.path.abspath(os.fspath(root))
+    kept = {keep} if isinstance(keep, str) else set(keep)
+    unknown = sorted(kept - set(OPERATIONS))
+    if unknown:
+        raise MaasChrootError(f"sysprep: unknown operation(s) in keep: {', '.join(unknown)}",
+                              hint=f"choose from: {', '.join(OPERATIONS)}")
+    _check_root(top)
+    rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        s = _Scrub(top, rootfd)
+        results = []
+        with _progress.bar(progress, total=len(OPERATIONS), desc="sysprep", unit="op") as bar:
+            for name in OPERATIONS:
+                bar.set_postfix_str(name, refresh=False)
+                if name in kept:
+                    results.append(SysprepOperation(name, kept=True))
+                else:
+                    start = len(s.items)
+                    _OPS[name](s)
+                    results.append(SysprepOperation(name, tuple(s.items[start:])))
+                bar.update(1)
+        warnings, kernels, cloud_init, netplan = _inspect(s)
+    finally:
+        os.close(rootfd)
+    notes = list(s.notes)
+    if not kernels:
+        notes.append("no kernel is installed (no /boot/vmlinuz-*, no /lib/modules/*): "
+                     "MAAS (curtin) installs one at deploy time")
+    report = SysprepReport(top, tuple(results), warnings, tuple(notes), kernels, cloud_init,
+                           netplan)
+    log.info("sysprep %s: %d items, %s freed", top, len(report.items), human_size(report.freed))
+    for w in warnings:
+        log.warning("sysprep %s: %s", top, w)
+    return report
