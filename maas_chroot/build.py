@@ -1,14 +1,345 @@
-"""PLACEHOLDER (issue 7): build(), BuildResult."""
+"""``build()``: the whole pipeline in one call.
+
+    source ─fetch─▶ archive ─extract─▶ rootfs ─Chroot(apt, files, commands)─▶ sysprep
+           ─pack─▶ .tgz ─upload─▶ MAAS
+
+Every step is timed; the result's repr shows the split. Work happens in a
+temporary directory (under ``workdir``, default ``/var/tmp``) that is removed
+on success and on failure with :func:`maas_chroot.rootfs.remove_tree`, which
+never descends through a mount. A failure raises :class:`BuildError` naming the
+step, keeping the original error's text (apt's own error lines included) and,
+with ``keep_rootfs=DIR``, the half-customised rootfs for debugging.
+"""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _resolve, archive, bootstrap, maas, rootfs, sources
+from ._customise import Command, Customisation, customise
+from .errors import ArchiveError, BuildError, MaasChrootError, PrivilegeError, SourceError
+from .fetch import Verify
+from .fetch import fetch as _fetch
+from .sysprep import SysprepReport
+from .sysprep import sysprep as _sysprep
+
+log = logging.getLogger(__name__)
+
+#: Output suffix -> (pack compression, MAAS filetype). curtin deploys gzip, bzip2 and xz.
+OUTPUT_FORMATS: Mapping[str, tuple[str, str | None]] = {
+    ".tgz": ("gzip", "tgz"), ".tar.gz": ("gzip", "tgz"),
+    ".txz": ("xz", "txz"), ".tar.xz": ("xz", "txz"),
+    ".tbz": ("bzip2", "tbz"), ".tar.bz2": ("bzip2", "tbz"),
+    ".tar.zst": ("zstd", None),
+}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Where and how ``build()`` uploads its output (``MaasClient.upload`` arguments)."""
+
+    client: maas.MaasClient
+    name: str
+    title: str | None = None
+    architecture: str = "amd64/generic"
+    base_image: str | None = None
+    filetype: str | None = None
 
 
 @dataclass(frozen=True)
 class BuildResult:
-    output: str
+    """What ``build()`` made: the packed image, its hash, the upload, and where time went."""
+
+    output: Path
+    size: int
+    sha256: str
+    source: str
+    steps: tuple[tuple[str, float], ...] = ()
+    uploaded: maas.BootResource | None = None
+    sysprep: SysprepReport | None = field(default=None, repr=False)
+    rootfs: Path | None = None
+
+    @property
+    def durations(self) -> dict[str, float]:
+        """Seconds per step, in order (``fetch``, ``extract``, ``install``, ``pack`` ...)."""
+        out: dict[str, float] = {}
+        for name, secs in self.steps:
+            out[name] = out.get(name, 0.0) + secs
+        return out
+
+    @property
+    def total(self) -> float:
+        return sum(secs for _, secs in self.steps)
+
+    def __repr__(self) -> str:
+        lines = [f"BuildResult({os.fspath(self.output)!r}, {_human(self.size)}, "
+                 f"sha256={self.sha256[:16]}…)",
+                 f"  source    {self.source}"]
+        if self.rootfs is not None:
+            lines.append(f"  rootfs    {os.fspath(self.rootfs)} (kept)")
+        if self.uploaded is not None:
+            lines.append(f"  uploaded  {self.uploaded!r}")
+        for name, secs in self.durations.items():
+            lines.append(f"  {name:<9} {secs:7.1f} s")
+        lines.append(f"  {'total':<9} {self.total:7.1f} s")
+        return "\n".join(lines)
 
 
-def build(source: Any, output: Any) -> BuildResult:
-    raise NotImplementedError
+def build(
+    source: str | os.PathLike[str] | sources.ImageSource,
+    output: str | os.PathLike[str],
+    *,
+    packages: Iterable[str] = (),
+    remove: Iterable[str] = (),
+    purge: bool = False,
+    upgrade: bool = False,
+    commands: Iterable[Command] = (),
+    files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
+    apt_sources: Iterable[str] = (),
+    apt_key: str | os.PathLike[str] | None = None,
+    apt_proxy: str | None = None,
+    sysprep: bool = True,
+    sysprep_keep: Iterable[str] = (),
+    network: Literal["host", "none"] = "host",
+    workdir: str | os.PathLike[str] | None = None,
+    keep_rootfs: str | os.PathLike[str] | None = None,
+    in_place: bool = False,
+    upload: Upload | Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    arch: str | None = None,
+    fmt: str = "squashfs",
+    stream: str = "release",
+    mirror: str | None = None,
+    keyring: str | os.PathLike[str] | None = None,
+    verify: Verify | None = None,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    variant: str = "minbase",
+    level: int = 6,
+) -> BuildResult:
+    """Build a custom MAAS image from ``source`` into ``output`` (``.tgz``, ``.tar.xz``, ...).
+
+    ``source``: a release (``"noble"``, ``"24.04"``; ``fmt``, ``arch``, ``stream``,
+    ``mirror`` pick the cloud image), an :class:`ImageSource`, a URL, a local
+    archive, a rootfs directory (copied; customised in place with ``in_place=True``)
+    or ``"bootstrap:SUITE"`` (mmdebstrap from ``mirror``, default the host's).
+
+    Customisation runs in one :class:`Chroot` session, in this order: apt sources
+    (one-line ``"[deb] [signed-by=KEY] URI SUITE COMPONENT..."``, ``apt_key`` for those
+    without one), ``apt-get update`` (when any apt work is asked for), ``upgrade``
+    (dist-upgrade), ``packages``, ``remove`` (+ autoremove), ``files`` (image path ->
+    host path, or bytes for content), ``commands`` (argv list run as is; a string
+    run with ``/bin/sh -c`` inside the chroot; a :class:`pathlib.Path` is a host
+    script copied in and run). ``apt_proxy`` is used for the build only: it is not
+    left in the image. Then :func:`sysprep` (unless ``sysprep=False``), :func:`pack`
+    and, with ``upload=Upload(client, name, ...)``, the upload to MAAS.
+    """
+    if os.geteuid() != 0:
+        raise PrivilegeError("building an image needs root (it extracts device nodes, "
+                             "chroots and runs apt)", hint="run it as root, e.g. with sudo")
+    steps = _Steps()
+    out = Path(os.fspath(output)).absolute()
+    custom = Customisation(
+        packages=tuple(packages), remove=tuple(remove), purge=purge, upgrade=upgrade,
+        commands=tuple(commands), files=tuple((files or {}).items()),
+        apt_sources=tuple(apt_sources), apt_key=apt_key, apt_proxy=apt_proxy,
+    )
+    kept = Path(os.fspath(keep_rootfs)).absolute() if keep_rootfs is not None else None
+    try:
+        with steps("check"):
+            plan = _resolve.plan(source)
+            compression, filetype = output_format(out)
+            up = _check_upload(upload, plan, filetype)
+            custom.check()
+            _check_dirs(plan, out, kept, in_place)
+    except Exception as e:
+        raise _failed("check", e, None) from e
+
+    with contextlib.ExitStack() as stack:
+        try:
+            base = os.fspath(workdir) if workdir is not None else "/var/tmp"
+            work = Path(tempfile.mkdtemp(prefix="maas-chroot-build-", dir=base))
+            stack.callback(_remove_quietly, work)
+            root = _materialise(plan, work, kept, steps, in_place=in_place, progress=progress,
+                                arch=arch, fmt=fmt, stream=stream, mirror=mirror,
+                                keyring=keyring, verify=verify, sha256=sha256,
+                                cache_dir=cache_dir, variant=variant)
+            if custom.wanted():
+                customise(root, custom, steps, network=network, progress=progress)
+            report = None
+            if sysprep:
+                with steps("sysprep"):
+                    report = _sysprep(root, keep=tuple(sysprep_keep), progress=progress)
+            with steps("pack"):
+                packed = archive.pack(root, out, compression=compression, level=level,
+                                      progress=progress)
+            uploaded = None
+            if up is not None:
+                with steps("upload"):
+                    uploaded = up.client.upload(
+                        packed, name=up.name, title=up.title, architecture=up.architecture,
+                        filetype=up.filetype or filetype, base_image=up.base_image,
+                        progress=progress)
+            with steps("cleanup"):
+                _remove_quietly(work)
+        except Exception as e:
+            raise _failed(steps.current, e, kept if kept is not None else
+                          (root_of(plan) if in_place else None)) from e
+    return BuildResult(output=packed.path, size=packed.size, sha256=packed.sha256,
+                       source=plan.describe(), steps=tuple(steps.times), uploaded=uploaded,
+                       sysprep=report, rootfs=kept)
+
+
+def root_of(plan: _resolve.Plan) -> Path:
+    return Path(plan.value)
+
+
+class _Steps:
+    """Times named steps; remembers the one running (for the error message)."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[str, float]] = []
+        self.current = "check"
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
+        if name not in ("check", "cleanup"):
+            log.info("%s ...", name)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            secs = time.monotonic() - start
+            self.times.append((name, secs))
+            log.debug("%s took %.1f s", name, secs)
+
+
+def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Steps, *,
+                 in_place: bool, progress: bool | None, arch: str | None, fmt: str,
+                 stream: str, mirror: str | None, keyring: str | os.PathLike[str] | None,
+                 verify: Verify | None, sha256: str | None,
+                 cache_dir: str | os.PathLike[str] | None, variant: str) -> Path:
+    """Turn the source into a rootfs directory; return it."""
+    if plan.kind == "directory" and in_place:
+        return Path(plan.value)
+    root = kept if kept is not None else work / "rootfs"
+    if root.is_dir():
+        root.rmdir()  # checked empty: extract/bootstrap/cp want to create it
+    if plan.kind == "bootstrap":
+        with steps("bootstrap"):
+            bootstrap.bootstrap(plan.value, root, mirror=mirror, keyring=keyring,
+                                variant=variant, arch=arch)
+        return root
+    if plan.kind == "directory":
+        with steps("copy"):
+            _resolve.copy_tree(plan.value, root)
+        return root
+    path: str | os.PathLike[str] = plan.value
+    if plan.kind in ("release", "image", "url"):
+        with steps("fetch"):
+            src: sources.ImageSource | str
+            if plan.kind == "release":
+                src = sources.cloud_image(plan.value, arch=arch or "amd64", fmt=fmt,
+                                          stream=stream, mirror=mirror)
+            else:
+                src = plan.image if plan.image is not None else plan.value
+            path = _fetch(src, cache_dir=cache_dir, verify=verify,  # type: ignore[arg-type]
+                          keyring=keyring, sha256=sha256, progress=progress)
+    with steps("extract"):
+        archive.extract(path, root, progress=progress)
+    return root
+
+
+def output_format(out: Path) -> tuple[str, str | None]:
+    name = out.name.lower()
+    for suffix, fmt in sorted(OUTPUT_FORMATS.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return fmt
+    raise ArchiveError(f"cannot tell the output format from the name {out.name!r}",
+                       path=out, hint="name it .tgz (what MAAS and curtin expect), "
+                                      ".tar.xz or .tar.bz2")
+
+
+def _check_upload(upload: Upload | Mapping[str, Any] | None, plan: _resolve.Plan,
+                  filetype: str | None) -> Upload | None:
+    if upload is None:
+        return None
+    up = upload if isinstance(upload, Upload) else Upload(**dict(upload))
+    name = maas.validate_name(up.name)
+    if filetype is None and up.filetype is None:
+        raise ArchiveError("MAAS cannot deploy a zstd tarball", path=up.name,
+                           hint="name the output .tgz to upload it")
+    base = up.base_image
+    if base is None:
+        base = _ubuntu_base(plan)
+    return Upload(up.client, name, up.title, up.architecture, base, up.filetype)
+
+
+def _ubuntu_base(plan: _resolve.Plan) -> str | None:
+    """``ubuntu/<codename>`` for an Ubuntu release or an Ubuntu bootstrap suite."""
+    release = None
+    if plan.kind in ("release", "bootstrap"):
+        release = plan.value
+    elif plan.kind == "image" and plan.image is not None:
+        release = getattr(plan.image, "release", None)
+    if release is None:
+        return None
+    for codename, version in sources.RELEASES.items():
+        if release in (codename, version):
+            return f"ubuntu/{codename}"
+    return None
+
+
+def _check_dirs(plan: _resolve.Plan, out: Path, kept: Path | None, in_place: bool) -> None:
+    if not out.parent.is_dir():
+        raise ArchiveError(f"cannot write {out}: the directory {out.parent} does not exist",
+                           path=out, hint="create it first, or give another -o path")
+    if in_place and plan.kind != "directory":
+        raise SourceError("in_place=True needs a rootfs directory as the source",
+                          hint=f"{plan.describe()} is not a directory")
+    if in_place and kept is not None:
+        raise SourceError("in_place=True already keeps the rootfs: drop keep_rootfs",
+                          hint=f"the rootfs is {plan.value}")
+    if kept is not None and kept.exists() and (not kept.is_dir() or any(kept.iterdir())):
+        raise SourceError(f"cannot keep the rootfs in {kept}: it exists and is not empty",
+                          hint="give a new or empty directory for keep_rootfs")
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        rootfs.remove_tree(path)
+    except (MaasChrootError, OSError) as e:
+        log.warning("could not remove the work dir %s: %s", path, e)
+
+
+def _failed(step: str, err: Exception, kept: Path | None) -> BuildError:
+    if isinstance(err, BuildError):
+        return err
+    text = err.message if isinstance(err, MaasChrootError) else f"{type(err).__name__}: {err}"
+    hint = err.hint if isinstance(err, MaasChrootError) else None
+    msg = f"build step {step!r} failed: {text}"
+    if kept is not None:
+        msg += f"\nthe rootfs is kept in {kept} (inspect it: maas-chroot shell {kept})"
+    elif step not in ("check", "pack", "upload", "cleanup"):
+        hint = (hint + "; " if hint else "") + "rerun with --keep-rootfs DIR to inspect the rootfs"
+    error = BuildError(msg, step=step, workdir=os.fspath(kept) if kept else None, hint=hint)
+    error.cause = err  # type: ignore[attr-defined]
+    return error
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

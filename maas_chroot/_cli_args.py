@@ -1,0 +1,214 @@
+"""The maas-chroot argument parser (private to cli.py): verbs, flags and --help examples."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+PROG = "maas-chroot"
+
+
+class UsageError(Exception):
+    """Bad command-line usage (reported like every other error: one line, exit 1)."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # never exit: main() reports it
+        raise UsageError(message, self.prog)
+
+
+class _AppendCommand(argparse.Action):
+    """--run CMD and --script FILE share one ordered list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append(Path(values) if option_string == "--script" else str(values))
+        setattr(namespace, self.dest, items)
+
+
+class _AppendWords(argparse.Action):
+    """--install a --install b,c --install 'd e' -> [a, b, c, d, e]."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items += [w for w in str(values).replace(",", " ").split() if w]
+        setattr(namespace, self.dest, items)
+
+
+def _copy_spec(value: str) -> tuple[str, str]:
+    src, sep, dest = value.rpartition(":")
+    if not sep or not src or not dest.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not SRC:DEST (DEST is an absolute path inside the image)")
+    return dest, src
+
+
+EXAMPLES = {
+    "build": """examples:
+  # the classic procedure, in one command (Ubuntu 20.04 root tarball, upload to MAAS):
+  maas-chroot build focal --format root.tar.xz --upgrade \\
+      --install emacs-nox --install jq --install tree -o focal-custom.tgz \\
+      --upload custom/focal-custom --title 'Ubuntu 20.04 Custom Image'
+  # a noble squashfs, a local file and a script, through a caching proxy, kept for debugging:
+  maas-chroot build noble -o noble.tgz --install jq --copy ./app.conf:/etc/app.conf \\
+      --script ./setup.sh --apt-proxy http://squid:3128 --keep-rootfs /srv/noble-root
+  # a Debian image bootstrapped from this machine's mirror (no cloud image needed):
+  maas-chroot build bootstrap:bookworm --install jq -o bookworm.tgz
+  # a local archive or rootfs directory, no network inside the chroot:
+  maas-chroot build ./rootfs.tar.xz --network none --run 'echo hi > /etc/motd' -o out.tgz
+
+sources: RELEASE (noble, 24.04), URL, ARCHIVE, DIRECTORY, bootstrap:SUITE
+MAAS credentials: --profile NAME, or --maas-url URL --api-key KEY, or the environment
+variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
+    "fetch": """examples:
+  maas-chroot fetch noble                         # verified squashfs, cached; prints its path
+  maas-chroot fetch jammy --format root.tar.xz --arch arm64
+  maas-chroot fetch https://host/img.tar.xz --sha256 0123...abcd
+  maas-chroot fetch noble --mirror http://local-mirror/cloud-images --keyring ./ubuntu.gpg""",
+    "extract": """examples:
+  maas-chroot extract noble-server-cloudimg-amd64.squashfs /srv/work/noble
+  maas-chroot extract focal-server-cloudimg-amd64-root.tar.xz /srv/work/focal""",
+    "shell": """examples:
+  maas-chroot shell /srv/work/noble                          # interactive root shell
+  maas-chroot shell /srv/work/noble -- apt-get install -y jq  # one command, then exit
+  maas-chroot shell /srv/work/noble --network none --bind /srv/debs:/debs -- ls /debs""",
+    "pack": """examples:
+  maas-chroot pack /srv/work/noble noble-custom.tgz
+  maas-chroot pack /srv/work/noble noble-custom.tgz --sysprep --level 1  # scrub, pack""",
+    "upload": """examples:
+  maas-chroot upload noble-custom.tgz --name custom/noble-custom --profile admin
+  MAAS_URL=http://maas:5240/MAAS MAAS_API_KEY=... \\
+      maas-chroot upload img.tgz --name custom/img --title 'My image' --base-image ubuntu/noble""",
+    "recover": """examples:
+  maas-chroot recover /srv/work/noble   # after a session was killed (SIGKILL, power loss)""",
+}
+
+
+def _verb(sub: Any, name: str, help: str,
+          common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, epilog=EXAMPLES[name], parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return p
+
+
+def _source_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("source")
+    g.add_argument("--format", dest="fmt", default="squashfs", choices=("squashfs", "root.tar.xz"),
+                   help="cloud-image format (default: squashfs)")
+    g.add_argument("--arch", help="architecture (default: amd64; the host's for bootstrap:)")
+    g.add_argument("--stream", default="release", choices=("release", "daily"))
+    g.add_argument("--mirror", help="cloud-images mirror URL, or the apt mirror for bootstrap:")
+    g.add_argument("--keyring", help="GPG keyring that signs the source (SHA256SUMS.gpg, or "
+                                     "the archive for bootstrap:)")
+    g.add_argument("--verify", choices=("signature", "checksum", "none"),
+                   help="how to verify a download (default: the strongest available)")
+    g.add_argument("--sha256", help="expected sha256 of a URL or local file")
+    g.add_argument("--cache-dir", help="download cache (default: ~/.cache/maas-chroot)")
+
+
+def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
+    g = p.add_argument_group("MAAS upload")
+    g.add_argument(name_flag, dest="name", metavar="NAME",
+                   help="boot-resource name, e.g. custom/noble-custom")
+    g.add_argument("--title", help="title shown in MAAS")
+    g.add_argument("--architecture", default="amd64/generic", help="(default: amd64/generic)")
+    g.add_argument("--base-image", help="e.g. ubuntu/noble (default: read from the image)")
+    g.add_argument("--profile", help="a `maas login` profile name")
+    g.add_argument("--maas-url", help="MAAS URL, e.g. http://maas:5240/MAAS")
+    g.add_argument("--api-key", help="MAAS API key (consumer:token:secret)")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: commands)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    g.add_argument("--debug", action="store_true", help="debug log and tracebacks")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   default=None, help="no progress bars")
+
+    top = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                  parents=[common],
+                  description="Turn an Ubuntu cloud image into a custom MAAS image, without a VM.",
+                  epilog="run `maas-chroot VERB --help` for a verb's flags and examples.\n\n"
+                         + EXAMPLES["build"].split("\n\n")[0])
+    sub = top.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+
+    b = _verb(sub, "build", "fetch, extract, customise, sysprep, pack and upload an image", common)
+    b.add_argument("source", metavar="SOURCE")
+    b.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the image to write (.tgz for MAAS; .tar.xz, .tar.bz2)")
+    _source_flags(b)
+    b.add_argument("--variant", default="minbase", help="mmdebstrap variant for bootstrap:")
+    c = b.add_argument_group("customise")
+    c.add_argument("--install", dest="packages", action=_AppendWords, default=[], metavar="PKG",
+                   help="install a package (repeatable)")
+    c.add_argument("--remove", dest="remove", action=_AppendWords, default=[], metavar="PKG",
+                   help="remove a package (repeatable), then autoremove")
+    c.add_argument("--purge", action="store_true", help="purge removed packages' config too")
+    c.add_argument("--upgrade", action="store_true", help="apt-get dist-upgrade")
+    c.add_argument("--run", dest="commands", action=_AppendCommand, default=[], metavar="CMD",
+                   help="run CMD with /bin/sh -c inside the image (repeatable, in order)")
+    c.add_argument("--script", dest="commands", action=_AppendCommand, metavar="FILE",
+                   help="copy a host script in and run it (repeatable, in order with --run)")
+    c.add_argument("--copy", dest="files", type=_copy_spec, action="append", default=[],
+                   metavar="SRC:DEST", help="copy a host file or directory into the image")
+    c.add_argument("--apt-source", dest="apt_sources", action="append", default=[],
+                   metavar="LINE",
+                   help="extra apt source: '[deb] [signed-by=KEY] URI SUITE COMP..'")
+    c.add_argument("--apt-key", metavar="FILE", help="key for --apt-source lines without one")
+    c.add_argument("--apt-proxy", metavar="URL", help="apt proxy for the build (not kept)")
+    c.add_argument("--network", choices=("host", "none"), default="host",
+                   help="none: loopback only inside the chroot")
+    c.add_argument("--no-sysprep", dest="sysprep", action="store_false",
+                   help="do not scrub the image (machine-id, ssh keys, logs...)")
+    c.add_argument("--sysprep-keep", action="append", default=[], metavar="OP",
+                   help="skip one sysprep operation (repeatable)")
+    w = b.add_argument_group("work")
+    w.add_argument("--keep-rootfs", metavar="DIR", help="customise in DIR and keep it")
+    w.add_argument("--in-place", action="store_true",
+                   help="customise a SOURCE directory itself instead of a copy")
+    w.add_argument("--workdir", metavar="DIR", help="parent of the temporary work dir "
+                                                    "(default: /var/tmp)")
+    w.add_argument("--level", type=int, default=6, help="compression level (default: 6)")
+    _maas_flags(b, name_flag="--upload")
+
+    f = _verb(sub, "fetch", "download and verify a cloud image (cached); print its path", common)
+    f.add_argument("source", metavar="SOURCE")
+    _source_flags(f)
+
+    e = _verb(sub, "extract", "extract a root tarball or squashfs into a directory", common)
+    e.add_argument("archive", metavar="ARCHIVE")
+    e.add_argument("dest", metavar="DEST")
+
+    s = _verb(sub, "shell", "a root shell (or one command) in a prepared chroot", common)
+    s.add_argument("root", metavar="DIR")
+    s.add_argument("--network", choices=("host", "none"), default="host")
+    s.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
+                   help="bind-mount a host path into the chroot (repeatable)")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+
+    p = _verb(sub, "pack", "pack a rootfs directory into a deterministic TGZ", common)
+    p.add_argument("root", metavar="DIR")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--level", type=int, default=6, help="compression level (default: 6)")
+    p.add_argument("--threads", type=int, help="compression threads (default: all cores)")
+    p.add_argument("--sysprep", action="store_true", help="scrub the rootfs first")
+
+    u = _verb(sub, "upload", "upload an image file to MAAS as a custom boot resource", common)
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("--filetype", help="tgz, tbz, txz, ddgz... (default: from the content)")
+    _maas_flags(u, name_flag="--name")
+
+    r = _verb(sub, "recover", "undo what a killed chroot session left in a rootfs", common)
+    r.add_argument("root", metavar="DIR")
+    return top

@@ -1,0 +1,145 @@
+"""``bootstrap:<suite>`` sources: a fresh rootfs built with mmdebstrap from a mirror.
+
+This is the maas-image-builder route, for sites whose distribution mirror is
+their only source of images::
+
+    bootstrap("bookworm", "/srv/work/rootfs")              # the host's own mirror
+    bootstrap("noble", "/srv/work/rootfs", mirror=URL,
+              keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg")
+
+The mirror defaults to the one the machine's apt already uses for that suite
+(:func:`maas_chroot.hostapt.host_mirror`); a suite the host's apt does not
+carry (an Ubuntu suite on a Debian host, say) needs ``mirror=``.
+
+mmdebstrap runs in ``unshare`` mode: as root that keeps the user namespace
+but gives mmdebstrap its own mount and PID namespaces, so the mounts it makes
+while installing packages can never be left behind on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import hostapt, run
+from .errors import CommandError, SourceError
+
+log = logging.getLogger(__name__)
+
+#: Prefix of a bootstrap source string: ``bootstrap:bookworm``.
+PREFIX = "bootstrap:"
+
+#: mmdebstrap variants accepted by :func:`bootstrap`.
+VARIANTS = ("essential", "apt", "required", "minbase", "important", "standard")
+
+_SUITE = re.compile(r"^[a-z][a-z0-9.+-]*$")
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """What to bootstrap: a suite from a mirror (``uri=None``: the host's mirror)."""
+
+    suite: str
+    uri: str | None = None
+    components: tuple[str, ...] = ()
+    keyring: str | None = None
+    variant: str = "minbase"
+    include: tuple[str, ...] = ()
+    arch: str | None = None
+
+
+def parse(source: str) -> str | None:
+    """The suite of a ``bootstrap:<suite>`` source string, or None for any other source."""
+    if not source.startswith(PREFIX):
+        return None
+    suite = source[len(PREFIX):].strip()
+    if not _SUITE.match(suite):
+        raise SourceError(
+            f"not a valid bootstrap source: {source!r}",
+            hint="name a distribution suite, such as bootstrap:bookworm or bootstrap:noble",
+        )
+    return suite
+
+
+def resolve(suite: str, *, mirror: str | None = None, keyring: str | os.PathLike[str] | None = None,
+            components: Iterable[str] | None = None, variant: str = "minbase",
+            include: Iterable[str] = (), arch: str | None = None) -> BootstrapSpec:
+    """Fill in the defaults: the host's mirror, its components and its keyring."""
+    if variant not in VARIANTS:
+        raise SourceError(f"unknown mmdebstrap variant {variant!r}",
+                          hint=f"use one of: {', '.join(VARIANTS)}")
+    comps = tuple(components) if components is not None else ()
+    key = os.fspath(keyring) if keyring is not None else None
+    if mirror is None:
+        try:
+            host = hostapt.host_mirror(suite)
+        except SourceError as e:
+            distro = hostapt.os_release().get("ID", "this host")
+            raise SourceError(
+                f"cannot bootstrap {suite!r}: this machine's apt ({distro}) has no mirror "
+                f"carrying that suite",
+                hint=f"give a mirror for it: --mirror URL (with --keyring FILE for a "
+                     f"distribution other than {distro})",
+            ) from e
+        mirror = host.uri
+        comps = comps or host.components
+        key = key or host.signed_by
+    return BootstrapSpec(suite=suite, uri=mirror.rstrip("/"), components=comps or ("main",),
+                         keyring=key, variant=variant, include=tuple(include), arch=arch)
+
+
+def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
+    """The mmdebstrap command line for ``spec`` writing ``target`` (a directory or a tarball)."""
+    if spec.uri is None:
+        raise ValueError("resolve() the spec first")
+    args = ["mmdebstrap", "--mode=unshare", f"--variant={spec.variant}", "--quiet",
+            "--components=" + ",".join(spec.components)]
+    if spec.keyring:
+        args.append(f"--keyring={spec.keyring}")
+    if spec.include:
+        args.append("--include=" + ",".join(spec.include))
+    if spec.arch:
+        args.append(f"--architectures={spec.arch}")
+    return [*args, spec.suite, os.fspath(target), spec.uri]
+
+
+def bootstrap(suite: str, dest: str | os.PathLike[str], *, mirror: str | None = None,
+              keyring: str | os.PathLike[str] | None = None,
+              components: Iterable[str] | None = None, variant: str = "minbase",
+              include: Iterable[str] = (), arch: str | None = None) -> Path:
+    """Build a rootfs of ``suite`` with mmdebstrap into ``dest``; return its path.
+
+    ``dest`` is a directory that does not exist or is empty, or a file name
+    ending in ``.tar``, ``.tar.gz``, ``.tar.xz``, ``.tar.zst`` or ``.squashfs``
+    (mmdebstrap picks the format from it). Needs root.
+    """
+    spec = resolve(suite, mirror=mirror, keyring=keyring, components=components,
+                   variant=variant, include=include, arch=arch)
+    target = Path(os.fspath(dest))
+    if target.is_dir() and any(target.iterdir()):
+        raise SourceError(f"cannot bootstrap into {target}: the directory is not empty",
+                          hint="give a new or empty directory")
+    if shutil.which("mmdebstrap", path=run.DEFAULT_PATH) is None:
+        raise SourceError("bootstrap sources need mmdebstrap, which is not installed",
+                          hint="apt-get install mmdebstrap")
+    log.info("bootstrapping %s (%s) from %s into %s", spec.suite, spec.variant, spec.uri, target)
+    try:
+        run.run(argv(spec, target))
+    except CommandError as e:
+        raise SourceError(
+            f"mmdebstrap could not bootstrap {spec.suite!r} from {spec.uri}:\n"
+            f"{_tail(e.stderr)}",
+            hint="check the suite name and the mirror (and --keyring for a foreign "
+                 "distribution); -v shows the full mmdebstrap output",
+        ) from e
+    return target
+
+
+def _tail(text: str | None, lines: int = 8) -> str:
+    kept = [line for line in (text or "").splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
