@@ -1,21 +1,560 @@
-"""PLACEHOLDER (issue 2): Chroot, Bind, recover()."""
+"""The chroot session: :class:`Chroot`, :class:`Bind` and :func:`recover`.
+
+Nothing is ever mounted in the host's mount namespace. Each command starts a
+small helper (``_nsexec.py``) in its own mount and PID namespace (and, with
+``network="none"``, a loopback-only network namespace shared by the session);
+the helper mounts proc, a read-only sysfs, a minimal /dev with its own devpts,
+a tmpfs on /run and the caller's binds, chroots and execs. When the command
+ends, its namespaces die with every mount and every daemon it started.
+
+The session itself holds only what must persist across commands, each as a
+reversible step on an ExitStack whose undo is registered before the action
+and recorded in a journal inside the root before the change is made:
+``usr/sbin/policy-rc.d`` (exit 101), the ``etc/resolv.conf`` swap (the host's
+file, so names resolve as on the host), files of :meth:`Chroot.temporary_file`
+and any mount-point directory the image lacks. :func:`recover` replays that
+journal after a session was SIGKILLed. A host-side lock keeps two sessions
+off one root.
+"""
+
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from . import _journal, _netns, rootfs
+from . import run as _run
+from .errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError, UnsafePathError
+
+if TYPE_CHECKING:
+    from .apt import Apt
+
+log = logging.getLogger(__name__)
+
+NSEXEC = _netns.NSEXEC
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+POLICY_SCRIPT = b"#!/bin/sh\n# maas-chroot session: never start services in the image\nexit 101\n"
+RESOLV_CONF = "/etc/resolv.conf"
+#: Directories the helper mounts on in every command.
+MOUNT_POINTS = ("/proc", "/sys", "/dev", "/run")
+#: The environment of every command (the caller's ``env`` and proxies are added).
+CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8", "PATH": _run.DEFAULT_PATH,
+              "SYSTEMD_OFFLINE": "1", "HOME": "/root"}
+
+Network = Literal["host", "none"]
 
 
 @dataclass(frozen=True)
 class Bind:
+    """An extra bind mount for every command of a session: host ``src`` on chroot ``dst``."""
+
     src: str
     dst: str
     readonly: bool = False
 
 
+BindValue = str | tuple[str, str] | Bind
+Binds = Mapping[str | os.PathLike[str], BindValue] | Iterable[Bind] | None
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    """What :func:`recover` put back in a root a killed session had left behind."""
+
+    root: Path
+    session_pid: int
+    undone: tuple[str, ...]
+
+    def __str__(self) -> str:
+        lines = [f"recovered {self.root} (session pid {self.session_pid}):"]
+        return "\n".join(lines + [f"  {line}" for line in self.undone])
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a session; raised so the session unwinds (exit status 143)."""
+
+
+def _inroot(path: str | os.PathLike[str]) -> str:
+    p = os.fspath(path)
+    if not p.startswith("/"):
+        raise UnsafePathError(f"paths inside the chroot must be absolute: {p!r}", root="/",
+                              hint=f"write /{p}")
+    return p
+
+
+def check_root(root: str | os.PathLike[str]) -> Path:
+    """Validate that ``root`` is a Linux rootfs directory (never ``/``); return its real path."""
+    given = os.fspath(root)
+    if not os.path.isdir(given):
+        what = "does not exist" if not os.path.lexists(given) else "is not a directory"
+        raise ChrootError(f"chroot root {given} {what}", root=given,
+                          hint="extract an image there first (mc.extract)")
+    real = os.path.realpath(given)
+    if real == "/" or os.path.samefile(real, "/"):
+        raise ChrootError(f"refusing to use the host's / ({given}) as a chroot root", root=given,
+                          hint="extract the image into its own directory")
+    problems = [p for p in ("/usr", "/etc") if not _is_dir_in(real, p)]
+    try:
+        os.close(rootfs.open_in_root(real, "/bin/sh", os.O_PATH))
+    except OSError:
+        problems.append("/bin/sh")
+    if problems:
+        raise ChrootError(f"{given} does not look like a Linux root filesystem "
+                          f"(missing {', '.join(problems)})", root=given,
+                          hint="point at the top of an extracted image (it has usr/, etc/, bin/sh)")
+    return Path(real)
+
+
+def _is_dir_in(root: str, path: str) -> bool:
+    try:
+        os.close(rootfs.open_in_root(root, path, os.O_PATH | os.O_DIRECTORY))
+        return True
+    except OSError:
+        return False
+
+
+def _normalize_binds(binds: Binds, root: str) -> tuple[Bind, ...]:
+    if binds is None:
+        return ()
+    items: list[Bind] = []
+    if isinstance(binds, Mapping):
+        for src, value in binds.items():
+            if isinstance(value, Bind):
+                items.append(value)
+            elif isinstance(value, str):
+                items.append(Bind(os.fspath(src), value))
+            elif isinstance(value, tuple) and len(value) == 2 and value[1] in ("ro", "rw"):
+                items.append(Bind(os.fspath(src), value[0], readonly=value[1] == "ro"))
+            else:
+                raise ChrootError(f"bad bind for {os.fspath(src)}: {value!r}", root=root,
+                                  hint='use {src: dst}, {src: (dst, "ro")} or Bind(src, dst)')
+    else:
+        items = [b if isinstance(b, Bind) else _bad_bind(b, root) for b in binds]
+    out = []
+    for b in items:
+        src = os.path.abspath(os.fspath(b.src))
+        if not os.path.exists(src):
+            raise ChrootError(f"bind source {src} does not exist", root=root,
+                              hint="create it on the host first")
+        dst = "/" + "/".join(c for c in os.fspath(b.dst).split("/") if c not in ("", "."))
+        if not os.fspath(b.dst).startswith("/") or ".." in dst.split("/"):
+            raise UnsafePathError(f"bind target must be an absolute path without '..': {b.dst!r}",
+                                  root=root, hint="name the directory as seen inside the chroot")
+        if dst == "/" or dst.split("/")[1] in ("proc", "sys", "dev"):
+            raise ChrootError(f"cannot bind onto {dst} inside the chroot", root=root,
+                              hint="/, /proc, /sys and /dev are managed by the session")
+        out.append(Bind(src, dst, b.readonly))
+    return tuple(out)
+
+
+def _bad_bind(value: object, root: str) -> Bind:
+    raise ChrootError(f"bad bind {value!r}", root=root, hint="pass Bind(src, dst) objects")
+
+
+def _exists_in(root: str, path: str) -> bool:
+    try:
+        os.close(rootfs.open_in_root(root, path, os.O_PATH))
+        return True
+    except FileNotFoundError:
+        return False
+
+
 class Chroot:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        raise NotImplementedError
+    """A session on an extracted rootfs. Use it as a context manager.
+
+    ``network="none"`` gives commands their own network namespace with only
+    ``lo`` (up). ``binds={host_dir: chroot_dir}`` (or ``(chroot_dir, "ro")`` or
+    :class:`Bind` values) adds bind mounts to every command. ``recover=True``
+    replays a journal a killed session left behind instead of refusing.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, network: Network = "host",
+                 binds: Binds = None, recover: bool = False) -> None:
+        if os.geteuid() != 0:
+            raise PrivilegeError("a chroot session needs root (namespaces, mounts, chroot)",
+                                 hint="run as root, e.g. with sudo")
+        self._root = check_root(root)
+        if network not in ("host", "none"):
+            raise ChrootError(f"unknown network mode {network!r}", root=self._root,
+                              hint='use network="host" or network="none"')
+        self.network: Network = network
+        self.binds = _normalize_binds(binds, str(self._root))
+        self._recover = recover
+        self._stack: contextlib.ExitStack | None = None
+        self._journal: _journal.Journal | None = None
+        self._swapped: set[str] = set()
+        self._netfd: int | None = None
+        self._undo_failed = False
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def __repr__(self) -> str:
+        state = "active" if self._stack is not None else "inactive"
+        return f"Chroot({str(self._root)!r}, network={self.network!r}, binds={self.binds!r}) " \
+               f"<{state}>"
+
+    # --- session set-up and tear-down -----------------------------------------------------
+
+    def __enter__(self) -> Chroot:
+        if self._stack is not None:
+            raise ChrootError("this session is already active", root=self._root)
+        stack = contextlib.ExitStack()
+        try:
+            with _signals_deferred():
+                self._setup(stack)
+        except BaseException:
+            with _signals_deferred():
+                stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            with _signals_deferred():
+                stack.close()
+
+    def _setup(self, stack: contextlib.ExitStack) -> None:
+        root = str(self._root)
+        stack.enter_context(_journal.locked(root))
+        stale = _journal.load(root)
+        if stale is not None:
+            if not self._recover:
+                raise ChrootBusyError(
+                    f"{root} has the journal of a session (pid {stale.pid}) that was killed "
+                    "before it could clean up", root=root,
+                    hint=f"run mc.recover({root!r}) or `maas-chroot recover {root}`, or pass "
+                         "Chroot(..., recover=True)")
+            log.warning("%s", _replay(root, stale))
+        journal = _journal.Journal(root)
+        stack.callback(self._finish, journal)  # runs last: the journal goes once all is undone
+        journal.save()
+        self._journal, self._swapped, self._undo_failed = journal, set(), False
+        self._stack = stack
+        try:
+            for point in (*MOUNT_POINTS, *(b.dst for b in self.binds)):
+                self._ensure_mount_point(point, directory=point in MOUNT_POINTS
+                                         or os.path.isdir(self._bind_src(point)))
+            self.temporary_file(POLICY_RC_D, POLICY_SCRIPT, mode=0o755)
+            try:
+                with open("/etc/resolv.conf", "rb") as f:
+                    resolv = f.read()
+            except FileNotFoundError:
+                log.warning("the host has no /etc/resolv.conf; names will not resolve in %s",
+                            root)
+            else:
+                self.temporary_file(RESOLV_CONF, resolv, mode=0o644)
+            if self.network == "none":
+                self._netfd = stack.enter_context(_netns.loopback_namespace(root))
+                stack.callback(setattr, self, "_netfd", None)
+            if threading.current_thread() is threading.main_thread():
+                old = signal.getsignal(signal.SIGTERM)
+                stack.callback(signal.signal, signal.SIGTERM, old)
+                signal.signal(signal.SIGTERM, _raise_terminated)
+        finally:
+            self._stack = None
+
+    def _bind_src(self, dst: str) -> str:
+        return next(b.src for b in self.binds if b.dst == dst)
+
+    def _ensure_mount_point(self, path: str, *, directory: bool) -> None:
+        """Create a missing mount point inside the root (journaled, removed at the end)."""
+        assert self._journal is not None and self._stack is not None
+        parts = [c for c in path.split("/") if c]
+        for i in range(len(parts)):
+            sub = "/" + "/".join(parts[: i + 1])
+            if _exists_in(str(self._root), sub):
+                continue
+            last = i == len(parts) - 1
+            action: dict[str, object] = {"op": "mkdir" if directory or not last else "file",
+                                         "path": sub}
+            self._journal.actions.append(action)
+            self._journal.save()
+            self._stack.callback(self._undo, action)
+            with rootfs.parent_dir(str(self._root), sub) as (dfd, name):
+                if directory or not last:
+                    os.mkdir(name, 0o755, dir_fd=dfd)
+                else:
+                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC, 0o644, dir_fd=dfd))
+
+    def _undo(self, action: dict[str, object]) -> None:
+        try:
+            log.debug("%s: %s", self._root, _journal.undo(str(self._root), action))
+        except BaseException:
+            self._undo_failed = True
+            raise
+
+    def _finish(self, journal: _journal.Journal) -> None:
+        self._journal = None
+        if self._undo_failed:
+            log.error("%s: the session could not undo everything; the journal stays for "
+                      "mc.recover()", self._root)
+            return
+        journal.remove()
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _active(self) -> contextlib.ExitStack:
+        if self._stack is None:
+            raise ChrootError("the chroot session is not active", root=self._root,
+                              hint="use it inside `with Chroot(root) as ch:`")
+        return self._stack
+
+    def _helper(self, argv: list[str], status_fd: int | None) -> list[str]:
+        cmd = [sys.executable or "python3", "-I", "-S", NSEXEC, "run", str(os.getpid()),
+               str(self._root), "-" if self._netfd is None else str(self._netfd),
+               "-" if status_fd is None else str(status_fd), str(len(self.binds))]
+        for b in self.binds:
+            cmd += [b.src, b.dst, "d" if os.path.isdir(b.src) else "f",
+                    "ro" if b.readonly else "rw"]
+        log.debug("chroot %s: + %s", self._root, shlex.join(argv))
+        return [*cmd, "--", *argv]
+
+    def _fds(self, extra: Sequence[int] = ()) -> tuple[int, ...]:
+        return (*extra, *(() if self._netfd is None else (self._netfd,)))
+
+    @staticmethod
+    def _env(env: Mapping[str, str] | None) -> dict[str, str]:
+        return {**CHROOT_ENV, **(env or {})}
+
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = True,
+            capture: bool = False, input: str | bytes | None = None,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the chroot; raise :class:`CommandError` if it fails (``check``).
+
+        stderr is always captured (and kept in the error); stdout only with ``capture``.
+        """
+        self._active()
+        args = _argv(argv)
+        if isinstance(input, bytes):
+            input = input.decode()
+        status_r, status_w = os.pipe()
+        try:
+            try:
+                proc = _run.run(self._helper(args, status_w), check=False, capture=capture,
+                                input=input, env=self._env(env), pass_fds=self._fds([status_w]))
+            finally:
+                os.close(status_w)
+            with os.fdopen(os.dup(status_r), "rb") as f:
+                status = f.read().decode(errors="replace").strip()
+        finally:
+            os.close(status_r)
+        return self._result(args, proc, status, check=check)
+
+    def _result(self, args: list[str], proc: subprocess.CompletedProcess[str], status: str, *,
+                check: bool) -> subprocess.CompletedProcess[str]:
+        kind, _, value = status.partition(" ")
+        if kind == "setup":
+            raise ChrootError(f"cannot run {shlex.join(args)} in {self._root}: {value}",
+                              root=self._root, hint="run as root on Linux with namespaces")
+        if kind == "notfound":
+            if check:
+                raise CommandError(args, 127, proc.stdout, proc.stderr,
+                                   message=f"command {args[0]!r} was not found in the image "
+                                           f"{self._root}",
+                                   hint=f"install the package that provides {args[0]!r} "
+                                        "(ch.apt.install), or give its full path")
+            code = 127
+        elif kind == "exit":
+            code = int(value)
+        elif kind == "signal":
+            code = -int(value)
+        else:
+            code = proc.returncode
+        if check and code != 0:
+            raise CommandError(args, code, proc.stdout, proc.stderr)
+        return subprocess.CompletedProcess(args, code, proc.stdout, proc.stderr)
+
+    @contextlib.contextmanager
+    def spawn(self, argv: Sequence[str | os.PathLike[str]], *,
+              env: Mapping[str, str] | None = None,
+              stdout: int | IO[Any] | None = subprocess.PIPE,
+              stderr: int | IO[Any] | None = subprocess.PIPE,
+              pass_fds: Sequence[int] = ()) -> Iterator[subprocess.Popen[bytes]]:
+        """Start ``argv`` in the chroot for streaming; fds in ``pass_fds`` keep their numbers.
+
+        The caller checks the exit with :func:`maas_chroot.run.check_exit` (127: not found).
+        """
+        self._active()
+        args = _argv(argv)
+        with _run.spawn(self._helper(args, None), env=self._env(env), stdout=stdout,
+                        stderr=stderr, pass_fds=self._fds(pass_fds)) as proc:
+            proc.args = args
+            yield proc
+
+    def shell(self, argv: Sequence[str] | None = None) -> int:
+        """An interactive shell (or ``argv``) on the caller's terminal; returns its exit code."""
+        self._active()
+        if argv is None:
+            bash = _exists_in(str(self._root), "/bin/bash")
+            argv = ["/bin/bash", "--login"] if bash else ["/bin/sh", "-l"]
+        args = _argv(argv)
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            proc = _run.run(self._helper(args, None), check=False, interactive=True,
+                            env=self._env(None), pass_fds=self._fds())
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
+        return proc.returncode
+
+    # --- files ---------------------------------------------------------------------------
+
+    def write_file(self, path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644,
+                   uid: int = 0, gid: int = 0) -> None:
+        """Create or replace ``path`` in the image (resolved inside the root, atomically)."""
+        self._active()
+        rootfs.write_file(str(self._root), _inroot(path), data, mode=mode, uid=uid, gid=gid)
+
+    def copy_in(self, host_src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                mode: int | None = None) -> None:
+        """Copy a host file or directory tree to ``dest`` in the image (root-owned)."""
+        self._active()
+        src, dst = os.fspath(host_src), _inroot(dest)
+        st = os.stat(src)
+        if stat.S_ISDIR(st.st_mode):
+            _copy_tree(str(self._root), src, dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(str(self._root), src, dst,
+                       stat.S_IMODE(st.st_mode) if mode is None else mode)
+        else:
+            raise ChrootError(f"cannot copy {src}: not a regular file or directory",
+                              root=self._root)
+
+    def temporary_file(self, path: str | os.PathLike[str], data: str | bytes, *,
+                       mode: int = 0o644) -> None:
+        """Put ``data`` at ``path`` for the session only; the original comes back at the end.
+
+        The original (absent, file or symlink) is recorded in the journal first,
+        so :func:`recover` restores it after a SIGKILL.
+        """
+        stack = self._active()
+        assert self._journal is not None
+        p = _inroot(path)
+        root = str(self._root)
+        if p not in self._swapped:
+            entry = rootfs.snapshot(root, p)
+            action: dict[str, object] = {"op": "swap", "entry": entry.to_json()}
+            self._journal.actions.append(action)
+            self._journal.save()
+            self._swapped.add(p)
+            stack.callback(self._undo, action)
+        rootfs.write_file(root, p, data, mode=mode, mkdirs=False)
+
+    def callback(self, fn: Callable[..., object], *args: object) -> None:
+        """Call ``fn(*args)`` when the session ends (last registered, first called)."""
+        self._active().callback(fn, *args)
+
+    @property
+    def apt(self) -> Apt:
+        """apt and dpkg operations in this session (:class:`maas_chroot.apt.Apt`)."""
+        from .apt import Apt  # noqa: PLC0415 - apt depends on this module
+
+        return Apt(self)
 
 
-def recover(root: str | os.PathLike[str]) -> None:
-    raise NotImplementedError
+def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(argv, str | bytes):
+        raise TypeError("argv must be a list of arguments, not a string (no shell is used)")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    return [os.fspath(a) for a in argv]
+
+
+def _copy_file(root: str, src: str, dest: str, mode: int) -> None:
+    with rootfs.parent_dir(root, dest, create=True) as (dfd, name):
+        tmp = f".{name}.maas-chroot-{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
+        try:
+            try:
+                with open(src, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+
+
+def _copy_tree(root: str, src: str, dest: str) -> None:
+    rootfs.makedirs(root, dest, mode=stat.S_IMODE(os.stat(src).st_mode))
+    with os.scandir(src) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        target = f"{dest.rstrip('/')}/{e.name}"
+        if e.is_symlink():
+            rootfs.symlink(root, target, os.readlink(e.path))
+        elif e.is_dir(follow_symlinks=False):
+            _copy_tree(root, e.path, target)
+        elif e.is_file(follow_symlinks=False):
+            _copy_file(root, e.path, target, stat.S_IMODE(e.stat(follow_symlinks=False).st_mode))
+        else:
+            raise ChrootError(f"cannot copy {e.path}: not a file, directory or symlink",
+                              root=root)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a session sets up or restores (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _replay(root: str, journal: _journal.Journal) -> RecoverReport:
+    done = [_journal.undo(root, action) for action in reversed(journal.actions)]
+    journal.remove()
+    return RecoverReport(Path(root), journal.pid, tuple(done))
+
+
+def recover(root: str | os.PathLike[str]) -> RecoverReport | None:
+    """Undo what a killed session left in ``root`` (from its journal); None if nothing to do.
+
+    Refuses with :class:`ChrootBusyError` while a live session holds the root.
+    """
+    if os.geteuid() != 0:
+        raise PrivilegeError("recover() needs root to restore files owned by root",
+                             hint="run as root, e.g. with sudo")
+    real = str(check_root(root))
+    with _journal.locked(real, purpose="recovery"):
+        journal = _journal.load(real)
+        if journal is None:
+            return None
+        report = _replay(real, journal)
+    log.info("%s", report)
+    return report

@@ -52,7 +52,10 @@ _have_openat2: bool | None = None if _SYS_OPENAT2 is not None else False
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int:
     global _have_openat2
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    # openat2 rejects a non-zero mode unless a file may be created (EINVAL).
+    creates = flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE
+    how = _OpenHow(flags | os.O_CLOEXEC, mode if creates else 0,
+                   _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
     while True:
         fd = int(_libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
                                ctypes.sizeof(how)))

@@ -1,0 +1,137 @@
+"""The session journal and the session lock of a root.
+
+The journal (``root / rootfs.JOURNAL_NAME``) lists, in order, every change a
+live :class:`~maas_chroot.Chroot` made to the rootfs that must be undone at
+the end: file swaps (each with a :class:`~maas_chroot.rootfs.Entry` snapshot
+of the original) and mount-point directories it had to create. It is
+rewritten atomically *before* each change, so after a SIGKILL
+:func:`replay` can put everything back.
+
+The lock is an ``flock`` on a host file named after the root's device and
+inode (under ``/run/lock/maas-chroot``, never inside the image, so it cannot
+ship in a packed image). The kernel drops it when the holder dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import rootfs
+from .errors import ChrootBusyError, ChrootError, UnsafePathError
+
+log = logging.getLogger(__name__)
+
+LOCK_DIRS = ("/run/lock/maas-chroot", "/run/maas-chroot")
+VERSION = 1
+
+
+@dataclass
+class Journal:
+    """The in-memory state of a session's journal (mutable: it grows during the session)."""
+
+    root: str
+    pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=time.time)
+    actions: list[dict[str, object]] = field(default_factory=list)
+
+    def add_swap(self, entry: rootfs.Entry) -> None:
+        self.actions.append({"op": "swap", "entry": entry.to_json()})
+        self.save()
+
+    def add_mkdir(self, path: str) -> None:
+        self.actions.append({"op": "mkdir", "path": path})
+        self.save()
+
+    def save(self) -> None:
+        doc = {"version": VERSION, "pid": self.pid, "started": self.started,
+               "actions": self.actions}
+        rootfs.write_file(self.root, "/" + rootfs.JOURNAL_NAME,
+                          json.dumps(doc, indent=1) + "\n", mode=0o600, mkdirs=False)
+
+    def remove(self) -> None:
+        rootfs.unlink(self.root, "/" + rootfs.JOURNAL_NAME)
+
+
+def load(root: str) -> Journal | None:
+    """The journal a session left in ``root``, or None."""
+    try:
+        raw = rootfs.read_file(root, "/" + rootfs.JOURNAL_NAME, follow=False)
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+        if doc.get("version") != VERSION:
+            raise ValueError(f"unknown journal version {doc.get('version')!r}")
+        return Journal(root, pid=int(doc["pid"]), started=float(doc["started"]),
+                       actions=list(doc["actions"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ChrootError(
+            f"the session journal {os.path.join(root, rootfs.JOURNAL_NAME)} is unreadable: {e}",
+            root=root, hint="inspect it; restore etc/resolv.conf and usr/sbin/policy-rc.d by "
+                            "hand, then delete it") from e
+
+
+def undo(root: str, action: dict[str, object]) -> str:
+    """Undo one journaled action; returns a one-line description of what was done."""
+    if action["op"] == "swap":
+        entry = rootfs.Entry.from_json(action["entry"])  # type: ignore[arg-type]
+        rootfs.restore(root, entry)
+        return f"restored {entry.path} ({entry.kind})"
+    path = str(action["path"])
+    try:
+        with rootfs.parent_dir(root, path) as (dfd, name):
+            if action["op"] == "file":  # an empty file made as a mount point for a file bind
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if st.st_size or not stat.S_ISREG(st.st_mode):
+                    return f"kept {path} (not an empty file)"
+                os.unlink(name, dir_fd=dfd)
+                return f"removed mount point {path}"
+            os.rmdir(name, dir_fd=dfd)
+    except (FileNotFoundError, UnsafePathError):
+        return f"{path} already gone"
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+            log.warning("left %s in %s: it is not empty (%s)", path, root, e.strerror)
+            return f"kept {path} (not empty)"
+        raise
+    return f"removed mount point {path}"
+
+
+def lock_path(root: str) -> str:
+    st = os.stat(root)
+    for d in LOCK_DIRS:
+        parent = os.path.dirname(d)
+        if os.path.isdir(parent):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            return os.path.join(d, f"{st.st_dev}-{st.st_ino}.lock")
+    raise ChrootError("no /run/lock or /run directory for the session lock", root=root)
+
+
+@contextlib.contextmanager
+def locked(root: str, *, purpose: str = "a chroot session") -> Iterator[None]:
+    """Hold the exclusive session lock of ``root``; refuse at once if someone else has it."""
+    path = lock_path(root)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise ChrootBusyError(
+                f"cannot start {purpose}: {root} is in use by a live session (pid {holder})",
+                root=root, hint="wait for that session to end; two sessions must never share a "
+                                "root") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

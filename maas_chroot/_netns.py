@@ -1,0 +1,52 @@
+"""A loopback-only network namespace that lives as long as a session (``network="none"``).
+
+A small holder process (``_nsexec.py netns``) unshares a network namespace,
+brings ``lo`` up with pyroute2 and waits for its stdin to close. The session
+keeps an fd to that namespace and passes it to every command's helper, which
+joins it with ``setns``; pyroute2's import cost is paid once per session, not
+per command. The holder dies with the session (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from . import run
+from .errors import ChrootError
+
+NSEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nsexec.py")
+
+
+def _pyroute2_path(root: str) -> str:
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ChrootError("network='none' needs pyroute2, which is not installed", root=root,
+                          hint="pip install pyroute2")
+    return os.path.dirname(os.path.abspath(next(iter(spec.submodule_search_locations))))
+
+
+@contextlib.contextmanager
+def loopback_namespace(root: str) -> Iterator[int]:
+    """Yield an fd (non-inheritable) to a fresh network namespace where only ``lo`` is up."""
+    argv = [sys.executable, "-I", "-S", NSEXEC, "netns", str(os.getpid()), _pyroute2_path(root)]
+    with run.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        if line != b"ready\n":
+            proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace").strip()
+            proc.wait()
+            raise ChrootError(f"cannot create a loopback-only network namespace: {err}",
+                              root=root, hint="network='none' needs root and pyroute2")
+        fd = os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+            proc.stdin.close()
