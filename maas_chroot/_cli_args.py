@@ -126,17 +126,32 @@ def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
     g.add_argument("--api-key", help="MAAS API key (consumer:token:secret)")
 
 
-def parser() -> argparse.ArgumentParser:
+def _common(*, top: bool) -> argparse.ArgumentParser:
+    """-v/-q/--debug/--no-progress, accepted before and after the verb.
+
+    The verbs' copies default to SUPPRESS so they never overwrite a flag given
+    before the verb (argparse copies a subparser's defaults over the namespace).
+    """
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("output")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: commands)")
-    g.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    g.add_argument("--debug", action="store_true", help="debug log and tracebacks")
+    g.add_argument("-v", "--verbose", action="count", default=default(0),
+                   help="say more (-vv: every command run)")
+    g.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                   help="only errors, no progress bars")
+    g.add_argument("--debug", action="store_true", default=default(False),
+                   help="debug log, and tracebacks on errors")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                   default=None, help="no progress bars")
+                   default=default(None), help="no progress bars")
+    return common
 
+
+def parser() -> argparse.ArgumentParser:
+    common = _common(top=False)
     top = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                  parents=[common],
+                  parents=[_common(top=True)],
                   description="Turn an Ubuntu cloud image into a custom MAAS image, without a VM.",
                   epilog="run `maas-chroot VERB --help` for a verb's flags and examples.\n\n"
                          + EXAMPLES["build"].split("\n\n")[0])

@@ -86,7 +86,11 @@ class Customisation:
     def check(self) -> None:
         """Refuse, before any slow step, what is bound to fail later."""
         for repo in self.repos():
-            if repo.key is not None and not os.path.isfile(repo.key):
+            if repo.key is None:
+                raise SourceError(f"apt source {repo.uri} {repo.suite} has no signing key",
+                                  hint="give its key with --apt-key FILE (apt_key=), or "
+                                       "[signed-by=FILE] in the line")
+            if not os.path.isfile(repo.key):
                 raise SourceError(f"apt key not found: {repo.key}",
                                   hint="give the path of a key file on this machine")
         for dest, src in self.files:
@@ -116,19 +120,19 @@ def customise(root: Path, c: Customisation, steps: Steps, *,
                 apt.set_proxy(c.apt_proxy, keep=False)
             for repo in c.repos():
                 apt.add_source(repo.name, [repo.uri], [repo.suite], list(repo.components),
-                               key=repo.key)
+                               key=repo.key or "")
             with steps("update"):
-                apt.update()
+                apt.update(progress=progress)
         if c.upgrade:
             with steps("upgrade"):
-                apt.upgrade(dist=True)
+                apt.upgrade(dist=True, progress=progress)
         if c.packages:
             with steps("install"):
-                apt.install(list(c.packages))
+                apt.install(list(c.packages), progress=progress)
         if c.remove:
             with steps("remove"):
-                apt.remove(list(c.remove), purge=c.purge)
-                apt.autoremove(purge=c.purge)
+                apt.remove(list(c.remove), purge=c.purge, progress=progress)
+                apt.autoremove(purge=c.purge, progress=progress)
         if c.files:
             with steps("files"):
                 for dest, src in c.files:

@@ -42,6 +42,9 @@ class Plan:
     image: ImageSource | None = None
 
     def describe(self) -> str:
+        img = self.image
+        if img is not None and img.release is not None:
+            return f"cloud image {img.release} {img.arch} {img.fmt} ({img.url})"
         return f"{self.kind} {self.value}"
 
 

@@ -156,6 +156,10 @@ def build(
     try:
         with steps("check"):
             plan = _resolve.plan(source)
+            if plan.kind == "release":
+                image = sources.cloud_image(plan.value, arch=arch or "amd64", fmt=fmt,
+                                            stream=stream, mirror=mirror)
+                plan = _resolve.Plan("image", image.url, image)
             compression, filetype = output_format(out)
             up = _check_upload(upload, plan, filetype)
             custom.check()
@@ -169,7 +173,7 @@ def build(
             work = Path(tempfile.mkdtemp(prefix="maas-chroot-build-", dir=base))
             stack.callback(_remove_quietly, work)
             root = _materialise(plan, work, kept, steps, in_place=in_place, progress=progress,
-                                arch=arch, fmt=fmt, stream=stream, mirror=mirror,
+                                arch=arch, mirror=mirror,
                                 keyring=keyring, verify=verify, sha256=sha256,
                                 cache_dir=cache_dir, variant=variant)
             if custom.wanted():
@@ -224,8 +228,8 @@ class _Steps:
 
 
 def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Steps, *,
-                 in_place: bool, progress: bool | None, arch: str | None, fmt: str,
-                 stream: str, mirror: str | None, keyring: str | os.PathLike[str] | None,
+                 in_place: bool, progress: bool | None, arch: str | None,
+                 mirror: str | None, keyring: str | os.PathLike[str] | None,
                  verify: Verify | None, sha256: str | None,
                  cache_dir: str | os.PathLike[str] | None, variant: str) -> Path:
     """Turn the source into a rootfs directory; return it."""
@@ -244,15 +248,10 @@ def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Ste
             _resolve.copy_tree(plan.value, root)
         return root
     path: str | os.PathLike[str] = plan.value
-    if plan.kind in ("release", "image", "url"):
+    if plan.kind in ("image", "url"):
         with steps("fetch"):
-            src: sources.ImageSource | str
-            if plan.kind == "release":
-                src = sources.cloud_image(plan.value, arch=arch or "amd64", fmt=fmt,
-                                          stream=stream, mirror=mirror)
-            else:
-                src = plan.image if plan.image is not None else plan.value
-            path = _fetch(src, cache_dir=cache_dir, verify=verify,  # type: ignore[arg-type]
+            src = plan.image if plan.image is not None else plan.value
+            path = _fetch(src, cache_dir=cache_dir, verify=verify,
                           keyring=keyring, sha256=sha256, progress=progress)
     with steps("extract"):
         archive.extract(path, root, progress=progress)
@@ -287,7 +286,7 @@ def _check_upload(upload: Upload | Mapping[str, Any] | None, plan: _resolve.Plan
 def _ubuntu_base(plan: _resolve.Plan) -> str | None:
     """``ubuntu/<codename>`` for an Ubuntu release or an Ubuntu bootstrap suite."""
     release = None
-    if plan.kind in ("release", "bootstrap"):
+    if plan.kind == "bootstrap":
         release = plan.value
     elif plan.kind == "image" and plan.image is not None:
         release = getattr(plan.image, "release", None)

@@ -173,11 +173,11 @@ def _shell(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    binds: dict[str, str] = {}
+    binds = []
     for spec in args.bind:
         src, sep, dst = spec.partition(":")
-        binds[src] = dst if sep else src
-    with chroot.Chroot(Path(args.root), network=args.network, binds=binds or None) as ch:
+        binds.append(chroot.Bind(src, dst if sep else src))
+    with chroot.Chroot(Path(args.root), network=args.network, binds=binds) as ch:
         return ch.shell(cmd or None)
 
 

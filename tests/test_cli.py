@@ -1,0 +1,316 @@
+"""The maas-chroot CLI: argument parsing into build(), errors as one line + exit 1, and
+end-to-end builds through ``python -m maas_chroot`` as a subprocess, checked with GNU tar."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maas_chroot import cli, hostapt, rootfs
+from maas_chroot.build import BuildResult, Upload
+from tests.conftest import gnu_extract
+from tests.maas_server import serve
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --install jq "
+        "--install tree -o focal-custom.tgz --upload custom/focal-custom "
+        "--title 'Ubuntu 20.04 Custom Image'")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    full["PYTHONPATH"] = str(REPO)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "maas_chroot", *args], capture_output=True,
+                          text=True, env=full, cwd=cwd, stdin=subprocess.DEVNULL, timeout=600,
+                          check=False)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("maas-chroot: error:")]
+
+
+def assert_one_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    assert "\nhint: " in "\n" + proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    return errors[0]
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Replace build() in the CLI by a recorder, and pretend to be root."""
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_build(source: Any, output: Any, **kwargs: Any) -> BuildResult:
+        calls.append((source, output, kwargs))
+        return BuildResult(output=Path(output), size=1, sha256="0" * 64, source=str(source))
+
+    monkeypatch.setattr(cli, "build", fake_build)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    return calls
+
+
+def test_seed_one_liner_becomes_one_build_call(recorded_build: list[tuple[Any, ...]],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_URL", "http://127.0.0.1:9/MAAS")
+    monkeypatch.setenv("MAAS_API_KEY", "a:b:c")
+    assert cli.main(shlex.split(SEED)) == 0
+    [(source, output, kw)] = recorded_build
+    assert (source, output) == ("focal", "focal-custom.tgz")
+    assert kw["fmt"] == "root.tar.xz"
+    assert kw["upgrade"] is True
+    assert kw["packages"] == ["emacs-nox", "jq", "tree"]
+    assert kw["sysprep"] is True
+    up = kw["upload"]
+    assert isinstance(up, Upload)
+    assert (up.name, up.title, up.architecture) == (
+        "custom/focal-custom", "Ubuntu 20.04 Custom Image", "amd64/generic")
+    assert up.client.url == "http://127.0.0.1:9/MAAS"
+
+
+def test_customisation_flags_keep_their_order(recorded_build: list[tuple[Any, ...]],
+                                              tmp_path: Path) -> None:
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    argv = ["build", "bootstrap:bookworm", "-o", str(tmp_path / "o.tgz"), "--run", "echo 1",
+            "--script", str(script), "--run", "echo 2", "--install", "jq,tree curl",
+            "--copy", f"{script}:/etc/x.sh", "--network", "none", "--no-sysprep",
+            "--keep-rootfs", str(tmp_path / "keep"), "--apt-proxy", "http://127.0.0.1:3128"]
+    assert cli.main(argv) == 0
+    [(_, _, kw)] = recorded_build
+    assert kw["commands"] == ["echo 1", script, "echo 2"]
+    assert kw["packages"] == ["jq", "tree", "curl"]
+    assert kw["files"] == {"/etc/x.sh": str(script)}
+    assert (kw["network"], kw["sysprep"], kw["upload"]) == ("none", False, None)
+    assert kw["keep_rootfs"] == str(tmp_path / "keep")
+    assert kw["apt_proxy"] == "http://127.0.0.1:3128"
+
+
+def test_upload_without_credentials_fails_before_building(
+        recorded_build: list[tuple[Any, ...]], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MAAS_URL", "MAAS_API_KEY", "MAAS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["build", "noble", "-o", "x.tgz", "--upload", "custom/x"]) == 1
+    err = capsys.readouterr().err
+    assert "needs MAAS credentials" in err and "hint: " in err
+    assert recorded_build == []
+
+
+@pytest.mark.parametrize("verb", ["build", "fetch", "extract", "shell", "pack", "upload",
+                                  "recover"])
+def test_every_verb_has_help_with_examples(verb: str, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    assert cli.main([verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert f"maas-chroot {verb} " in out.split("examples:", 1)[1]
+
+
+def test_usage_error_is_one_line_and_exit_1() -> None:
+    proc = run_cli("build", "noble")  # no -o
+    assert_one_clear_error(proc, "-o/--output")
+
+
+# --- bad input through the real CLI -----------------------------------------------------
+
+
+@pytest.mark.root
+def test_bad_source_is_one_clear_line(tmp_path: Path) -> None:
+    proc = run_cli("build", str(tmp_path / "missing.tar.xz"), "-o", str(tmp_path / "o.tgz"))
+    line = assert_one_clear_error(proc, "image source not found", "missing.tar.xz")
+    assert "check" in line
+    proc = run_cli("build", "no-such-release", "-o", str(tmp_path / "o.tgz"))
+    assert_one_clear_error(proc, "no-such-release")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.root
+def test_reserved_upload_name_fails_before_any_network(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        proc = run_cli("build", "noble", "-o", str(tmp_path / "o.tgz"), "--upload",
+                       "ubuntu/noble", "--maas-url", f"http://127.0.0.1:{port}/MAAS",
+                       "--api-key", "a:b:c")
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody called MAAS
+    assert_one_clear_error(proc, "ubuntu/noble")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.root
+def test_not_root_gets_a_clear_message(tmp_path: Path) -> None:
+    # The interpreter's site-packages live under /root (mode 0700), so the child imports
+    # everything first and only then drops to nobody, before main() runs.
+    code = ("import os, sys; import maas_chroot, maas_chroot.cli as c; "
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534); "
+            "sys.exit(c.main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env["PYTHONPATH"] = str(REPO)
+    for verb in (["build", "noble", "-o", "/tmp/x.tgz"], ["shell", str(tmp_path)],
+                 ["extract", "x.tar", str(tmp_path / "d")]):
+        proc = subprocess.run([sys.executable, "-c", code, *verb], capture_output=True,
+                              text=True, env=env, cwd="/", check=False)
+        line = assert_one_clear_error(proc, "must run as root", "sudo")
+        assert line.startswith(f"maas-chroot: error: `maas-chroot {verb[0]}`")
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+class _MirrorProxy(http.server.ThreadingHTTPServer):
+    """A forwarding HTTP proxy on 127.0.0.1 that only reaches the host's apt mirror."""
+
+    daemon_threads = True
+
+    def __init__(self, allowed: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.allowed = allowed
+        self.log: list[str] = []
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: _MirrorProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.scheme != "http" or url.netloc != self.server.allowed:
+            self.send_error(403)
+            return
+        self.server.log.append(self.path)
+        conn = http.client.HTTPConnection(url.netloc, timeout=60)
+        try:
+            conn.request("GET", url.path + (f"?{url.query}" if url.query else ""),
+                         headers={"Host": url.netloc})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status)
+        for key in ("Content-Type", "Last-Modified", "ETag"):
+            if resp.getheader(key):
+                self.send_header(key, resp.getheader(key, ""))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def mirror_proxy() -> Iterator[_MirrorProxy]:
+    uri = urllib.parse.urlsplit(hostapt.host_mirror().uri)
+    if uri.scheme != "http":
+        pytest.skip("the host's mirror is not plain http: no forwarding proxy for it")
+    server = _MirrorProxy(uri.netloc)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _member(tar_path: Path, name: str) -> tarfile.TarInfo:
+    with tarfile.open(tar_path) as tar:
+        return tar.getmember(name)
+
+
+@pytest.mark.root
+@pytest.mark.network
+@pytest.mark.slow
+def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "custom.tgz"
+    unpacked = tmp_path / "deployed"
+    with serve(tmp_path / "maas") as fake, mirror_proxy() as proxy:
+        proc = run_cli("build", str(minbase_tar), "--install", "jq", "-o", str(out),
+                       "--run", "echo 0123456789abcdef0123456789abcdef > /etc/machine-id",
+                       "--run", "mkdir -p /etc/ssh && echo k > /etc/ssh/ssh_host_ed25519_key",
+                       "--apt-proxy", f"http://127.0.0.1:{proxy.server_address[1]}",
+                       "--workdir", str(tmp_path), "--upload", "custom/bookworm-jq",
+                       "--title", "Bookworm with jq",
+                       env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
+        assert proc.returncode == 0, proc.stderr
+        assert any(p.endswith(".deb") and "/jq_" in p for p in proxy.log), proxy.log
+        stored = fake.path("custom/bookworm-jq")
+        assert stored.read_bytes() == out.read_bytes()
+        posts = fake.requests("POST")
+        assert posts, fake.log
+    # the work dir is gone (only our output, the MAAS store and the unpack target remain)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "maas"]
+    assert "install" in proc.stdout and "pack" in proc.stdout and "upload" in proc.stdout
+    try:
+        gnu_extract(stored, unpacked)  # curtin's flags
+        assert os.access(unpacked / "usr/bin/jq", os.X_OK)
+        assert (unpacked / "etc/machine-id").read_bytes() == b""
+        assert (unpacked / "etc/ssh").is_dir()
+        assert list((unpacked / "etc/ssh").glob("ssh_host_*")) == []
+        before = _member(minbase_tar, "./etc/resolv.conf")
+        st = os.lstat(unpacked / "etc/resolv.conf")
+        with tarfile.open(minbase_tar) as tar:
+            f = tar.extractfile(before)
+            assert f is not None
+            original = f.read()
+        assert (unpacked / "etc/resolv.conf").read_bytes() == original
+        assert st.st_mode & 0o7777 == before.mode
+        port = str(proxy.server_address[1])
+        for conf in (unpacked / "etc/apt").rglob("*"):
+            if conf.is_file():
+                assert port not in conf.read_text(errors="replace"), conf
+        assert not (unpacked / "usr/sbin/policy-rc.d").exists()
+        assert not (unpacked / rootfs.JOURNAL_NAME).exists()
+    finally:
+        rootfs.remove_tree(unpacked)
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_missing_package_fails_naming_the_step_with_apts_error(minbase_tar: Path,
+                                                               tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    proc = run_cli("build", str(minbase_tar), "--install", "no-such-package-zzz", "-o",
+                   str(tmp_path / "o.tgz"), "--workdir", str(tmp_path), "--keep-rootfs",
+                   str(keep), "--no-progress")
+    try:
+        line = assert_one_clear_error(proc, "no-such-package-zzz", "Unable to locate package",
+                                      f"kept in {keep}")
+        assert "'install'" in line
+        assert not (tmp_path / "o.tgz").exists()
+        # the kept rootfs is left clean: resolv.conf and policy-rc.d restored, no journal
+        assert (keep / "usr/bin/apt-get").exists()
+        assert not (keep / rootfs.JOURNAL_NAME).exists()
+        assert not (keep / "usr/sbin/policy-rc.d").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    finally:
+        rootfs.remove_tree(keep)
