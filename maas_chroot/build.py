@@ -325,7 +325,7 @@ def _failed(step: str, err: Exception, kept: Path | None) -> BuildError:
         return err
     text = err.message if isinstance(err, MaasChrootError) else f"{type(err).__name__}: {err}"
     hint = err.hint if isinstance(err, MaasChrootError) else None
-    msg = f"build step {step!r} failed: {text}"
+    msg = text if step == "check" else f"build step {step!r} failed: {text}"
     if kept is not None:
         msg += f"\nthe rootfs is kept in {kept} (inspect it: maas-chroot shell {kept})"
     elif step not in ("check", "pack", "upload", "cleanup"):
