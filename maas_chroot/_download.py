@@ -16,12 +16,14 @@ import os
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import requests
+import urllib3
 
 from . import progress as progress_mod
 from ._verify import file_sha256
@@ -212,7 +214,7 @@ class Http:
         received = 0
         with open(part, mode) as f, progress_mod.bar(progress, total=total, desc=desc,
                                                      initial=offset) as bar:
-            for chunk in resp.iter_content(_CHUNK):
+            for chunk in _chunks(resp):
                 f.write(chunk)
                 hasher.update(chunk)
                 received += len(chunk)
@@ -241,6 +243,22 @@ class Http:
                     delay, attempt + 1, opts.retries)
         time.sleep(delay)
         return attempt + 1
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives. Unlike ``iter_content``, a cut connection loses
+    nothing already received (urllib3's ``read1``), so a resume starts right there."""
+    raw = resp.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from resp.iter_content(64 * 1024)
+        return
+    try:
+        while chunk := raw.read1(_CHUNK, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ReadTimeoutError as e:
+        raise requests.Timeout(e) from e
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError, OSError) as e:
+        raise requests.exceptions.ChunkedEncodingError(e) from e
 
 
 def _check_status(resp: requests.Response, url: str) -> None:

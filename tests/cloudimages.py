@@ -29,6 +29,7 @@ sent), and injects faults on demand: ``site.fail(path, 500)``,
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import email.utils
 import hashlib
@@ -88,18 +89,33 @@ class LogEntry:
 
 
 class RequestLog:
-    """Thread-safe list of :class:`LogEntry`, in the order responses finished."""
+    """Thread-safe list of :class:`LogEntry`, in the order responses finished.
+
+    Reading it waits (up to 10 s) for requests still being answered, so a client
+    that has its response never races the server thread writing the entry.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._entries: list[LogEntry] = []
+        self._busy = 0
+
+    def begin(self) -> None:
+        with self._cond:
+            self._busy += 1
+
+    def end(self) -> None:
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify_all()
 
     def add(self, entry: LogEntry) -> None:
-        with self._lock:
+        with self._cond:
             self._entries.append(entry)
 
     def entries(self, path: str | None = None) -> list[LogEntry]:
-        with self._lock:
+        with self._cond:
+            self._cond.wait_for(lambda: self._busy == 0, timeout=10)
             items = list(self._entries)
         if path is None:
             return items
@@ -107,7 +123,8 @@ class RequestLog:
         return [e for e in items if e.path == want]
 
     def clear(self) -> None:
-        with self._lock:
+        with self._cond:
+            self._cond.wait_for(lambda: self._busy == 0, timeout=10)
             self._entries.clear()
 
     def lines(self) -> str:
@@ -196,10 +213,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        self._serve(body=False)
+        self.server.log.begin()
+        try:
+            self._serve(body=False)
+        finally:
+            self.server.log.end()
 
     def do_GET(self) -> None:
-        self._serve(body=True)
+        self.server.log.begin()
+        try:
+            self._serve(body=True)
+        finally:
+            self.server.log.end()
 
     def _record(self, status: int, sent: int) -> None:
         h = self.headers
@@ -382,14 +407,21 @@ def _small_tree(dest: Path) -> None:
     (dest / "usr/bin/hello").chmod(0o755)
 
 
-def build_artefacts(work: Path, rootfs_tar: Path | None = None) -> dict[str, Path]:
+_SMALL: dict[str, Path] = {}  # the tiny tree's artefacts, built once per process
+
+
+def build_artefacts(rootfs_tar: Path | None = None) -> dict[str, Path]:
     """Make ``{"squashfs": ..., "root.tar.xz": ...}`` from a rootfs tar (or a tiny tree).
 
-    With ``rootfs_tar``, the results are cached beside it (keyed on its size and
-    mtime), since compressing a real rootfs takes a while.
+    The tiny tree's artefacts are built once per process; those of a ``rootfs_tar``
+    are cached beside it (keyed on its size and mtime), since compressing a real
+    rootfs takes a while. Sites hard-link them (copy across file systems).
     """
     if rootfs_tar is None:
-        work.mkdir(parents=True, exist_ok=True)
+        if _SMALL:
+            return dict(_SMALL)
+        work = Path(tempfile.mkdtemp(prefix="mc-cloudimages-"))
+        atexit.register(shutil.rmtree, work, True)
         tree = work / "tree"
         _small_tree(tree)
         sqfs = work / "image.squashfs"
@@ -402,7 +434,8 @@ def build_artefacts(work: Path, rootfs_tar: Path | None = None) -> dict[str, Pat
         txz = work / "image-root.tar.xz"
         txz.write_bytes(lzma.compress(buf.getvalue(), preset=1))
         shutil.rmtree(tree)
-        return {"squashfs": sqfs, "root.tar.xz": txz}
+        _SMALL.update({"squashfs": sqfs, "root.tar.xz": txz})
+        return dict(_SMALL)
     st = rootfs_tar.stat()
     key = hashlib.sha256(f"{rootfs_tar.resolve()} {st.st_size} {st.st_mtime_ns}".encode())
     cache = rootfs_tar.parent / f"cloudimages-{key.hexdigest()[:12]}"
@@ -525,7 +558,10 @@ def _populate(root: Path, art: dict[str, Path], gpg: _Gpg, releases: Iterable[st
                 base = f"{prefix}-server-cloudimg-{arch}"
                 for fmt in formats:
                     name = base + sources.FORMATS[fmt]
-                    os.link(art[fmt], directory / name)
+                    try:
+                        os.link(art[fmt], directory / name)
+                    except OSError:
+                        shutil.copyfile(art[fmt], directory / name)
                     names.append(name)
                 # decoys whose names contain the image names, as on the real mirror
                 for decoy in (f"{base}.squashfs.manifest", f"{base}-root.manifest"):
@@ -555,7 +591,7 @@ def serve_cloud_images(
     thread: threading.Thread | None = None
     faults = _Faults()
     try:
-        art = build_artefacts(base / "build", rootfs_tar)
+        art = build_artefacts(rootfs_tar)
         root = base / "mirror"
         rel, arc, fmts = tuple(releases), tuple(arches), tuple(formats)
         _populate(root, art, gpg, rel, arc, fmts, serial, daily_serial)
