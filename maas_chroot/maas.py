@@ -22,11 +22,9 @@ Follows what MAAS itself does (canonical/maas):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,8 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from . import _maasnames, progress
+from . import _maasapi, _maasnames, progress
+from ._maasapi import read_profile
 from ._maasnames import (
     FILETYPES,
     infer_filetype,
@@ -54,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: Bytes per PUT, as the maas CLI and python-libmaas send them.
 CHUNK_SIZE = 1 << 22
-#: Where ``maas login`` keeps its profiles (deb install, then snap).
-PROFILE_DBS = ("~/.maascli.db", "~/snap/maas/current/.maascli.db")
 _MAX_RECOVERIES = 3
 
 
@@ -90,7 +87,7 @@ class BootResource:
         files: Mapping[str, Mapping[str, Any]] = {}
         sets = data.get("sets") or {}
         if sets:
-            version = max(sets, key=_version_key)
+            version = max(sets, key=_maasapi.version_key)
             files = sets[version].get("files") or {}
         one = next(iter(files.values())) if len(files) == 1 else {}
         return cls(
@@ -105,14 +102,6 @@ class BootResource:
     def full_name(self) -> str:
         """``custom/<name>`` for an uploaded image (what ``osystem/distro_series`` deploys)."""
         return f"custom/{self.name}" if self.type == "Uploaded" else self.name
-
-
-def _version_key(version: str) -> tuple[int, ...] | tuple[float]:
-    """Sort set versions ``YYYYmmdd[.N]`` numerically ("20260101.10" > "20260101.9")."""
-    try:
-        return tuple(int(p) for p in version.split("."))
-    except ValueError:
-        return (float("-inf"),)
 
 
 class MaasClient:
@@ -183,38 +172,8 @@ class MaasClient:
         ``{"name", "url", "credentials": [consumer, token, secret], ...}``. Looked up in
         ``path``, else ``~/.maascli.db`` then ``~/snap/maas/current/.maascli.db``.
         """
-        candidates = ([Path(path)] if path is not None
-                      else [Path(p).expanduser() for p in PROFILE_DBS])
-        seen: list[str] = []
-        for db in candidates:
-            if not db.is_file():
-                continue
-            try:
-                with _readonly(db) as conn:
-                    rows = dict(conn.execute("SELECT name, data FROM profiles").fetchall())
-            except sqlite3.Error as e:
-                raise MaasApiError(f"cannot read maas CLI profiles from {db}: {e}",
-                                   url=db.as_uri()) from e
-            seen += [f"{n} ({db})" for n in rows]
-            if name not in rows:
-                continue
-            raw = rows[name]
-            data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            creds = data.get("credentials")
-            if isinstance(creds, str):
-                creds = creds.split(":")
-            if not creds or len(creds) != 3:
-                raise MaasApiError(
-                    f"maas CLI profile {name!r} in {db} has no API key (anonymous login)",
-                    url=str(data.get("url", "")),
-                    hint=f"log in again with a key: maas login {name} <url> <api-key>")
-            return cls(str(data["url"]), ":".join(str(c) for c in creds), **kwargs)
-        where = ", ".join(str(p) for p in candidates)
-        raise MaasApiError(
-            f"no maas CLI profile {name!r} in {where}"
-            + (f"; profiles found: {', '.join(seen)}" if seen else ""),
-            url="", hint=f"run `maas login {name} http://<maas>:5240/MAAS <api-key>` first, "
-            "or use MaasClient(url, api_key) / MaasClient.from_env()")
+        url, key = read_profile(name, path=path)
+        return cls(url, key, **kwargs)
 
     # --- plain API ------------------------------------------------------------------------
 
@@ -286,7 +245,7 @@ class MaasClient:
         created = self._json("POST", "boot-resources/",
                              files={k: (None, v) for k, v in fields.items()})
         resource = BootResource.from_json(created)
-        rfile = _the_file(created, self.api_url)
+        rfile = _maasapi.the_file(created, self.api_url)
         if rfile.get("complete"):
             logger.info("MAAS already has %s (same sha256): nothing to upload", full)
             return resource
@@ -317,7 +276,7 @@ class MaasClient:
                     failure = e
                 if failure is not None:
                     if isinstance(failure, requests.Response) and failure.status_code < 500:
-                        raise _api_error(failure, hint=_resume(resource))
+                        raise _maasapi.api_error(failure, hint=_resume(resource))
                     self._recover(failure, resource=resource, upload_url=upload_url,
                                   offset=offset, n=n, size=size)
                     recoveries += 1
@@ -333,20 +292,20 @@ class MaasClient:
     def _recover(self, failure: requests.Response | Exception, *, resource: BootResource,
                  upload_url: str, offset: int, n: int, size: int) -> None:
         """A chunk [offset, offset+n) failed: go on only if MAAS proves it stored it."""
-        what = (f"HTTP {failure.status_code}: {_body(failure)}"
+        what = (f"HTTP {failure.status_code}: {_maasapi.body(failure)}"
                 if isinstance(failure, requests.Response) else f"{type(failure).__name__}: "
                 f"{failure}")
         logger.warning("chunk at byte %d of %s failed (%s); reading the resource back",
                        offset, resource.name, what)
         try:
             data = self._json("GET", f"boot-resources/{resource.id}/")
-            rfile = _file_by_upload_uri(data, upload_url)
+            rfile = _maasapi.file_by_upload_uri(data, upload_url)
         except MaasApiError as e:
             raise MaasApiError(
                 f"upload of {resource.full_name} (boot resource {resource.id}) stopped at byte "
                 f"{offset} of {size}: the chunk failed ({what}) and MAAS could not be asked "
                 f"what it stored ({e.message})", url=upload_url, hint=_resume(resource)) from e
-        stored = _stored_bytes(rfile)
+        stored = _maasapi.stored_bytes(rfile)
         if rfile.get("complete") and offset + n == size:
             return                      # MAAS verified the sha256 of the whole file
         if stored == offset + n:
@@ -369,7 +328,7 @@ class MaasClient:
             raise MaasApiError(f"{method} {url} failed: {e}", url=url,
                                hint="is MAAS running and reachable at this URL?") from e
         if r.status_code >= 400:
-            raise _api_error(r)
+            raise _maasapi.api_error(r)
         return r
 
     def _json(self, method: str, rel: str, **kwargs: Any) -> Any:
@@ -377,14 +336,11 @@ class MaasClient:
         try:
             return r.json()
         except ValueError as e:
+            text = _maasapi.body(r)
             raise MaasApiError(f"{method} {r.url}: MAAS answered HTTP {r.status_code} with "
-                               f"something that is not JSON: {_body(r)[:200]!r}", url=r.url,
-                               status=r.status_code, body=_body(r),
+                               f"something that is not JSON: {text[:200]!r}", url=r.url,
+                               status=r.status_code, body=text,
                                hint="check the MAAS URL (it usually ends in /MAAS)") from e
-
-
-def _readonly(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
 
 
 def _size_and_sha256(file: Path, *, progress: bool | None) -> tuple[int, str]:
@@ -408,83 +364,9 @@ def _progress_bar(progress_flag: bool | None, total: int, resource: BootResource
     return _bar(progress_flag, total, f"upload {resource.full_name}")
 
 
-def _the_file(created: Mapping[str, Any], url: str) -> dict[str, Any]:
-    """The one file of the newest set (as the maas CLI's get_resource_file picks it)."""
-    sets = created.get("sets") or {}
-    if not sets:
-        raise MaasApiError("MAAS created the boot resource but reported no set to upload to",
-                           url=url, body=json.dumps(created))
-    files = sets[max(sets, key=_version_key)].get("files") or {}
-    if len(files) != 1:
-        raise MaasApiError(f"MAAS reported {len(files)} files in the new set, expected 1",
-                           url=url, body=json.dumps(created))
-    return dict(next(iter(files.values())))
-
-
-def _file_by_upload_uri(data: Mapping[str, Any], upload_url: str) -> dict[str, Any]:
-    for rset in (data.get("sets") or {}).values():
-        for rfile in (rset.get("files") or {}).values():
-            uri = rfile.get("upload_uri")
-            if uri and upload_url.endswith(str(uri)):
-                return dict(rfile)
-    return _the_file(data, upload_url)   # complete files carry no upload_uri any more
-
-
-def _stored_bytes(rfile: Mapping[str, Any]) -> int | None:
-    """Bytes MAAS stored: ``progress`` is 100 * stored / size (one region controller)."""
-    size = rfile.get("size")
-    if rfile.get("complete") and isinstance(size, int):
-        return size
-    pct = rfile.get("progress")
-    if not isinstance(size, int) or not isinstance(pct, (int, float)):
-        return None
-    return round(pct * size / 100)
-
-
 def _resume(resource: BootResource) -> str:
     return (f"MAAS keeps the incomplete boot resource {resource.id} ({resource.full_name}); "
             f"delete it with `maas $PROFILE boot-resource delete {resource.id}` (or "
             f"MaasClient(...).delete({resource.id})) and run the upload again")
 
-
-def _body(r: requests.Response) -> str:
-    try:
-        return r.text.strip()
-    except Exception:  # an undecodable body still deserves a message
-        return ""
-
-
-def _message(r: requests.Response) -> str:
-    """MAAS's message: validation errors come as JSON {field: [messages]}."""
-    text = _body(r)
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text
-    if isinstance(data, dict):
-        parts = []
-        for key, value in data.items():
-            msgs = value if isinstance(value, list) else [value]
-            parts += [f"{key}: {m}" if key != "__all__" else str(m) for m in msgs]
-        return "; ".join(parts)
-    return text
-
-
-def _api_error(r: requests.Response, *, hint: str | None = None) -> MaasApiError:
-    method = r.request.method if r.request is not None else "?"
-    msg = _message(r)
-    hints = {
-        401: "check the API key (`maas apikey --username <user>` prints it); MAAS also "
-             "refuses requests signed more than 300 s ago, so check this machine's clock",
-        403: "uploading and deleting boot resources needs an administrator's API key",
-        404: "check the MAAS URL (it usually ends in /MAAS, e.g. http://maas:5240/MAAS) and "
-             "the resource id",
-    }
-    extra = hints.get(r.status_code) or ("MAAS had an internal error: see "
-                                         "/var/snap/maas/common/log/regiond.log"
-                                         if r.status_code >= 500 else None)
-    return MaasApiError(
-        f"MAAS refused {method} {r.url}: HTTP {r.status_code}: {msg}", url=r.url,
-        status=r.status_code, body=_body(r),
-        hint="; ".join(h for h in (extra, hint) if h) or None)
 

@@ -394,6 +394,7 @@ def _form(content_type: str, body: bytes) -> dict[str, str]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # headers and body go out in two writes
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -417,12 +418,16 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length_header = self.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
-        status = 0
+
+        def record(status: int) -> None:   # logged before the client can see the answer
+            fake.log.append(Logged(self.command, self.path, status, length or 0,
+                                   self.headers.get("Authorization"), time.time()))
+
         try:
             denied = fake.check_auth(self.headers.get("Authorization"))
             if denied is not None:
-                status = 401
                 self._drain(length)
+                record(401)
                 self._answer(401, denied, extra={"WWW-Authenticate": 'OAuth realm="OAuth"'})
                 return
             try:
@@ -431,15 +436,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise
             except Exception as e:          # a bug here shows as MAAS shows its own: 500
                 status, payload = 500, f"{type(e).__name__}: {e}"
+            record(status)
             self._answer(status, payload)
         except _Stop:
-            status = -1
+            record(-1)
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-        finally:
-            fake.log.append(Logged(self.command, self.path, status, length or 0,
-                                   self.headers.get("Authorization"), time.time()))
 
     def _drain(self, length: int | None) -> None:
         left = length or 0

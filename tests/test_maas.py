@@ -26,6 +26,7 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT, Client
 from requests_oauthlib import OAuth1
 
+from maas_chroot import _maasapi
 from maas_chroot import maas as mm
 from maas_chroot.errors import ArchiveError, ImageNameError, MaasApiError
 from tests.maas_server import FakeMaas, serve
@@ -197,7 +198,7 @@ def test_server_checks_content_length_and_appends_by_size(fake: FakeMaas) -> Non
     created = c._json("POST", "boot-resources/", files={k: (None, v) for k, v in {
         "name": "custom/raw", "architecture": "amd64/generic", "filetype": "ddraw",
         "size": "100", "sha256": hashlib.sha256(data).hexdigest()}.items()})
-    uri = mm._the_file(created, c.api_url)["upload_uri"]
+    uri = _maasapi.the_file(created, c.api_url)["upload_uri"]
     url = fake.url.split("/MAAS")[0] + uri
     put = c._session.put
     hdr = {"Content-Type": "application/octet-stream"}
@@ -297,7 +298,7 @@ def test_filetype_from_magic_bytes(tmp_path: Path) -> None:
 
 def test_newest_set_is_the_greatest_version() -> None:
     versions = ["20260101", "20260101.9", "20260101.10", "20251231.99"]
-    assert max(versions, key=mm._version_key) == "20260101.10"
+    assert max(versions, key=_maasapi.version_key) == "20260101.10"
 
 
 # --- failures mid-upload ------------------------------------------------------------------
