@@ -151,9 +151,15 @@ def fetch(
         if local is not None:
             return _check_local(local, src, mode, http, ring)
         target = cache_path(src.url, cache_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(target):
-            return _fetch_locked(src, mode, target, http, ring=ring, progress=progress)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(target):
+                return _fetch_locked(src, mode, target, http, ring=ring, progress=progress)
+        except OSError as e:
+            raise FetchError(f"cannot write {e.filename or target} while fetching {src.url}: "
+                             f"{e.strerror or e}", url=src.url,
+                             hint="free some space, or choose another cache_dir= "
+                                  "(or XDG_CACHE_HOME); a partial download resumes") from e
 
 
 def _resolve(source: ImageSource | str | os.PathLike[str], *, sha256: str | None,

@@ -445,7 +445,8 @@ def build_artefacts(rootfs_tar: Path | None = None) -> dict[str, Path]:
             cache.mkdir(exist_ok=True)
             with open(rootfs_tar, "rb") as src:
                 tmp = out["squashfs"].with_suffix(".tmp")
-                subprocess.run(["sqfstar", "-quiet", "-noappend", "-comp", "gzip", str(tmp)],
+                tmp.unlink(missing_ok=True)
+                subprocess.run(["sqfstar", "-quiet", "-comp", "gzip", str(tmp)],
                                stdin=src, check=True, stdout=subprocess.DEVNULL)
                 tmp.rename(out["squashfs"])
             with open(rootfs_tar, "rb") as src:

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -479,3 +480,30 @@ def test_mirror_from_the_environment(site: CloudImageSite, tmp_path: Path,
     path = mc.fetch(mc.cloud_image("noble"), keyring=site.keyring, progress=False)
     assert path.is_relative_to(tmp_path / "xdg" / "maas-chroot")
     assert _sha(path) == site.sha256(site.source("noble").url)
+
+
+def test_unwritable_cache_is_a_fetch_error(site: CloudImageSite, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(FetchError, match="cache_dir=") as err:
+        _fetch(site, tmp_path, cache_dir=blocker)
+    assert str(blocker) in str(err.value)
+
+
+def test_site_serves_a_given_rootfs_tar(tmp_path: Path) -> None:
+    """The helper other tests use: a caller's rootfs tarball becomes both image formats."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/marker").write_text("from the caller's tar\n")
+    tar = tmp_path / "rootfs.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(tree, arcname=".")
+    with serve_cloud_images(tmp_path, rootfs_tar=tar, releases=("jammy",),
+                            arches=("arm64",)) as site:
+        txz = _fetch(site, tmp_path, site.source("jammy", arch="arm64", fmt="root.tar.xz"))
+        with tarfile.open(txz) as t:
+            assert t.extractfile("./etc/marker").read() == b"from the caller's tar\n"  # type: ignore[union-attr]
+        sqfs = _fetch(site, tmp_path, site.source("22.04", arch="arm64", stream="daily"))
+        listing = subprocess.run(["unsquashfs", "-l", str(sqfs)], check=True,
+                                 capture_output=True, text=True).stdout
+        assert "squashfs-root/etc/marker" in listing
