@@ -21,6 +21,7 @@ Follows what MAAS itself does (canonical/maas):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -251,7 +252,11 @@ class MaasClient:
             return resource
         upload_url = urljoin(self.api_url, str(rfile["upload_uri"]))
         self._send(file, upload_url, resource, size, progress=progress)
-        return self.get(resource.id)
+        try:
+            return self.get(resource.id)
+        except MaasApiError as e:       # the last PUT's 200 already proved the sha256
+            logger.warning("uploaded %s, but reading it back failed: %s", full, e.message)
+            return dataclasses.replace(resource, complete=True)
 
     def _send(self, file: Path, upload_url: str, resource: BootResource, size: int, *,
               progress: bool | None) -> None:
@@ -277,8 +282,10 @@ class MaasClient:
                 if failure is not None:
                     if isinstance(failure, requests.Response) and failure.status_code < 500:
                         raise _maasapi.api_error(failure, hint=_resume(resource))
-                    self._recover(failure, resource=resource, upload_url=upload_url,
-                                  offset=offset, n=n, size=size)
+                    if self._recover(failure, resource=resource, upload_url=upload_url,
+                                     offset=offset, n=n, size=size):
+                        bar.update(size - offset)
+                        return
                     recoveries += 1
                     if recoveries > _MAX_RECOVERIES:
                         raise MaasApiError(
@@ -290,8 +297,11 @@ class MaasClient:
                 bar.update(n)
 
     def _recover(self, failure: requests.Response | Exception, *, resource: BootResource,
-                 upload_url: str, offset: int, n: int, size: int) -> None:
-        """A chunk [offset, offset+n) failed: go on only if MAAS proves it stored it."""
+                 upload_url: str, offset: int, n: int, size: int) -> bool:
+        """A chunk [offset, offset+n) failed: go on only if MAAS proves it stored it.
+
+        Returns True when MAAS has the whole file (verified), False to send the next chunk.
+        """
         what = (f"HTTP {failure.status_code}: {_maasapi.body(failure)}"
                 if isinstance(failure, requests.Response) else f"{type(failure).__name__}: "
                 f"{failure}")
@@ -306,11 +316,11 @@ class MaasClient:
                 f"{offset} of {size}: the chunk failed ({what}) and MAAS could not be asked "
                 f"what it stored ({e.message})", url=upload_url, hint=_resume(resource)) from e
         stored = _maasapi.stored_bytes(rfile)
-        if rfile.get("complete") and offset + n == size:
-            return                      # MAAS verified the sha256 of the whole file
+        if rfile.get("complete"):
+            return True                 # MAAS verified the sha256 of the whole file
         if stored == offset + n:
             logger.info("MAAS stored the chunk at byte %d: going on", offset)
-            return
+            return False
         seen = "unknown" if stored is None else str(stored)
         raise MaasApiError(
             f"upload of {resource.full_name} (boot resource {resource.id}) stopped: the chunk "
