@@ -1,23 +1,311 @@
-"""PLACEHOLDER (issue 3): extract() and pack()."""
+"""Archive I/O: extract() and pack() rootfs images with full fidelity, safely and fast.
+
+``extract`` reads tar (gzip, xz, bzip2, zstd or none; detected by content)
+through libarchive, with the decompressor in a separate process so that
+decompression overlaps file writes (as GNU tar does), and squashfs through
+``unsquashfs``. ``pack`` writes a deterministic pax tar through libarchive and
+compresses it with threaded zlib-ng gzip (or xz/bzip2), atomically.
+Both keep every kind of metadata curtin's ``tar --xattrs --xattrs-include=*
+-Sxpf --numeric-owner`` restores: numeric owners, all mode bits, xattrs
+(``security.capability``), POSIX ACLs, hard links, symlinks, devices, FIFOs,
+sparse files, mtimes, non-UTF-8 names and long paths.
+"""
+
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import secrets
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import _compress, _mktar, _untar, rootfs, run
+from . import progress as _progress
+from .errors import ArchiveError, ChrootBusyError, CommandError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PackResult", "detect_format", "extract", "pack"]
+
+_F_SETPIPE_SZ = 1031
+_MAGIC = ((b"\x1f\x8b", "tar.gz"), (b"\xfd7zXZ\x00", "tar.xz"), (b"BZh", "tar.bz2"),
+          (b"\x28\xb5\x2f\xfd", "tar.zst"), (b"hsqs", "squashfs"))
 
 
 @dataclass(frozen=True)
 class PackResult:
+    """What :func:`pack` wrote: the file, its size in bytes and its sha256 (hex)."""
+
     path: Path
     size: int
     sha256: str
 
+    def __repr__(self) -> str:
+        return (f"PackResult(path={os.fspath(self.path)!r}, size={self.size} "
+                f"({self.size / 1e6:.1f} MB), sha256={self.sha256!r})")
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The archive format of ``path`` from its magic bytes.
+
+    One of "tar.gz", "tar.xz", "tar.bz2", "tar.zst", "tar", "squashfs".
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise ArchiveError(f"cannot read {os.fspath(path)}: {e.strerror}", path=path,
+                           hint="check the path and its permissions") from e
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if len(head) >= 263 and head[257:262] == b"ustar":
+        return "tar"
+    raise ArchiveError(f"{os.fspath(path)} is not a tar archive (plain, gzip, xz, bzip2 or "
+                       f"zstd) nor a squashfs image", path=path,
+                       hint="pass a rootfs tarball or squashfs image (e.g. from mc.fetch())")
+
+
+# --- extract ----------------------------------------------------------------------------
+
 
 def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], *,
             progress: bool | None = None) -> Path:
-    raise NotImplementedError
+    """Unpack ``archive`` (tar.* or squashfs, detected by content) into ``dest``.
+
+    ``dest`` must be missing or an empty directory. On any failure what was
+    written is removed and the error raised (``UnsafeArchiveError`` for a
+    member that would land outside ``dest``). Returns ``dest`` as a Path.
+    """
+    src = os.fspath(archive)
+    fmt = detect_format(src)
+    out = Path(os.path.abspath(os.fspath(dest)))
+    created = _prepare_dest(out)
+    real = os.path.realpath(out)
+    try:
+        if fmt == "squashfs":
+            _unsquashfs(src, real, progress)
+        else:
+            _extract_tar(src, fmt, real, progress)
+    except BaseException:
+        _discard(real, created)
+        raise
+    return out
+
+
+def _prepare_dest(dest: Path) -> bool:
+    """Check ``dest`` is empty (True if we created it)."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        dest.mkdir(parents=True, mode=0o755)
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        raise ArchiveError(f"cannot extract into {dest}: it is not a directory", path=dest,
+                           hint="pass a new or empty directory")
+    with os.scandir(dest) as it:
+        if next(it, None) is not None:
+            raise ArchiveError(f"cannot extract into {dest}: it is not empty", path=dest,
+                               hint="pass a new or empty directory (or remove this one)")
+    return False
+
+
+def _discard(dest: str, created: bool) -> None:
+    try:
+        if created:
+            rootfs.remove_tree(dest)
+        else:
+            fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                rootfs.clear_dir_at(fd, dest)
+            finally:
+                os.close(fd)
+    except Exception:
+        log.exception("could not clean up %s after a failed extract", dest)
+
+
+def _decompressor(fmt: str) -> list[str] | None:
+    """argv of the external decompressor for ``fmt`` (stdin to stdout), if installed."""
+    choices = {"tar.gz": (["pigz", "-dc"], ["gzip", "-dc"]),
+               "tar.xz": (["xz", "-dc", "-T0"],),
+               "tar.bz2": (["lbzip2", "-dc"], ["bzip2", "-dc"]),
+               "tar.zst": (["zstd", "-dcq"],)}.get(fmt, ())
+    for argv in choices:
+        if shutil.which(argv[0]):
+            return argv
+    return None
+
+
+def _extract_tar(src: str, fmt: str, dest: str, show: bool | None) -> None:
+    total = os.stat(src).st_size
+    with open(src, "rb") as f, \
+            _progress.bar(show, total=total, desc=f"extract {os.path.basename(src)}") as bar:
+        count, done = 0, 0
+
+        def tick() -> None:
+            nonlocal count, done
+            count += 1
+            if count % 64 == 0:
+                pos = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+                bar.update(pos - done)
+                done = pos
+
+        argv = _decompressor(fmt) if fmt != "tar" else None
+        if argv is None:
+            _untar.untar(f.fileno(), dest, archive=src, filters=fmt != "tar", tick=tick)
+        else:
+            with run.spawn(argv, stdin=f) as proc:
+                _untar_from(proc, src, dest, tick)
+        bar.update(total - done)
+
+
+def _untar_from(proc: subprocess.Popen[bytes], src: str, dest: str,
+                tick: Callable[[], object]) -> None:
+    """Extract what the decompressor ``proc`` writes; report its own failure first."""
+    assert proc.stdout is not None and proc.stderr is not None
+    pipe = proc.stdout.fileno()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe, _F_SETPIPE_SZ, 1 << 20)
+    try:
+        _untar.untar(pipe, dest, archive=src, filters=False, tick=tick)
+        while os.read(pipe, 1 << 16):  # let the decompressor finish (and check its CRC)
+            pass
+    except ArchiveError as e:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() not in (0, -13):  # -13: SIGPIPE because we stopped reading
+            raise ArchiveError(f"cannot decompress {src}: {argv0(proc)} failed: {err.strip()}",
+                               path=src, hint="the file is corrupt or truncated; fetch it "
+                                              "again") from e
+        raise
+    err = proc.stderr.read().decode(errors="replace")
+    try:
+        run.check_exit(proc, stderr=err)
+    except CommandError as e:
+        raise ArchiveError(f"cannot decompress {src}: {e}", path=src,
+                           hint="the file is corrupt or truncated; fetch it again") from e
+
+
+def argv0(proc: subprocess.Popen[bytes]) -> str:
+    return str(proc.args[0])  # type: ignore[index]
+
+
+def _unsquashfs(src: str, dest: str, show: bool | None) -> None:
+    # As root, unsquashfs restores owners, modes, xattrs (ACLs are xattrs), hard
+    # links, devices and sparse files; -strict-errors makes any lost bit fatal.
+    # Smaller queues keep its memory flat (the default is 256 MB each).
+    total = os.stat(src).st_size
+    with _progress.bar(show, total=total, desc=f"extract {os.path.basename(src)}") as bar:
+        try:
+            run.run(["unsquashfs", "-no-progress", "-quiet", "-strict-errors", "-force",
+                     "-da", "32", "-fr", "32", "-dest", dest, src])
+        except CommandError as e:
+            raise ArchiveError(f"unsquashfs could not extract {src} into {dest}: {e}",
+                               path=src, hint="check the image (unsquashfs -stat) and the "
+                                              "free space at the destination") from e
+        bar.update(total)
+
+
+# --- pack -------------------------------------------------------------------------------
 
 
 def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
-         progress: bool | None = None) -> PackResult:
-    raise NotImplementedError
+         compression: str = "gzip", level: int = 6, threads: int | None = None,
+         reproducible: bool = True, progress: bool | None = None) -> PackResult:
+    """Write the tree ``root`` to ``out`` as a pax tar (gzip by default, or xz, bzip2).
+
+    Atomic (temp file beside ``out``, renamed at the end; a killed pack leaves
+    at most a ``.<name>.*.part`` file, never a partial ``out``), and, with
+    ``reproducible``, deterministic: sorted entries, no atime/ctime, mtimes
+    clamped to ``SOURCE_DATE_EPOCH`` when set, gzip header mtime 0.
+    """
+    kind = _compress.KINDS.get(compression)
+    where = os.fspath(out)
+    if kind is None:
+        hint = ("curtin cannot read zstd; use gzip (the default), xz or bzip2"
+                if compression in ("zstd", "zst") else "use gzip (the default), xz or bzip2")
+        raise ArchiveError(f"cannot pack {where} with compression {compression!r}",
+                           path=where, hint=hint)
+    if level not in _compress.LEVELS[kind]:
+        lv = _compress.LEVELS[kind]
+        raise ArchiveError(f"level {level} is not valid for {kind}", path=where,
+                           hint=f"use a level from {lv.start} to {lv.stop - 1}")
+    src = _check_root(root, where)
+    dest = Path(os.path.abspath(where))
+    clamp = _source_date_epoch() if reproducible else None
+    nthreads = threads or len(os.sched_getaffinity(0))
+    with _atomic_output(dest) as raw, \
+            _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
+        stream = _compress.open_stream(kind, raw, level=level, threads=nthreads, where=where)
+        try:
+            _mktar.write_tree(src, stream.write, where=where, clamp=clamp,
+                              sort=reproducible, on_bytes=bar.update)
+            stream.close()
+        except BaseException:
+            _compress.abort(stream)
+            raise
+    log.info("packed %s into %s (%d bytes)", src, dest, raw.size)
+    return PackResult(dest, raw.size, raw.sha256)
+
+
+def _check_root(root: str | os.PathLike[str], out: str) -> str:
+    src = os.path.realpath(os.fspath(root))
+    if not os.path.isdir(src):
+        raise ArchiveError(f"cannot pack {os.fspath(root)}: not a directory", path=root,
+                           hint="pass the rootfs directory")
+    if os.path.lexists(os.path.join(src, rootfs.JOURNAL_NAME)):
+        raise ChrootBusyError(
+            f"refusing to pack {src}: it holds a Chroot session journal "
+            f"({rootfs.JOURNAL_NAME}), so a session is live or was killed and the host's "
+            f"resolv.conf or a policy-rc.d may still be in the image", root=src,
+            hint=f"end the session, or run maas_chroot.recover({src!r}), then pack again")
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(out)))
+    if parent == src or parent.startswith(src.rstrip("/") + "/"):
+        raise ArchiveError(f"cannot write {out} inside the tree being packed ({src})",
+                           path=out, hint="write the archive outside the rootfs")
+    return src
+
+
+def _source_date_epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ArchiveError(f"SOURCE_DATE_EPOCH={value!r} is not an integer", path=value,
+                           hint="set SOURCE_DATE_EPOCH to seconds since 1970, or unset it")\
+            from None
+
+
+@contextlib.contextmanager
+def _atomic_output(dest: Path) -> Iterator[_compress.HashingFile]:
+    """A HashingFile on a fresh temp file beside ``dest``, renamed onto it on success."""
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise ArchiveError(f"cannot create {tmp}: {e.strerror}", path=dest,
+                           hint="check the directory exists and is writable") from e
+    try:
+        try:
+            yield _compress.HashingFile(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
