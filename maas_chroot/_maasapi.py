@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,8 +26,7 @@ PROFILE_DBS = ("~/.maascli.db", "~/snap/maas/current/.maascli.db")
 
 def read_profile(name: str, *, path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
     """(url, api_key) of the maas CLI profile ``name``."""
-    candidates = ([Path(path)] if path is not None
-                  else [Path(p).expanduser() for p in PROFILE_DBS])
+    candidates = [Path(path)] if path is not None else profile_dbs()
     seen: list[str] = []
     for db in candidates:
         if not db.is_file():
@@ -57,6 +57,22 @@ def read_profile(name: str, *, path: str | os.PathLike[str] | None = None) -> tu
         + (f"; profiles found: {', '.join(seen)}" if seen else ""),
         url="", hint=f"run `maas login {name} http://<maas>:5240/MAAS <api-key>` first, "
         "or use MaasClient(url, api_key) / MaasClient.from_env()")
+
+
+def profile_dbs() -> list[Path]:
+    """The profile DBs to look in: the user's, then (under sudo) the invoking user's."""
+    homes = [Path.home()]
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user:
+        with contextlib.suppress(KeyError):
+            homes.append(Path(pwd.getpwnam(sudo_user).pw_dir))
+    out: list[Path] = []
+    for home in homes:
+        for rel in PROFILE_DBS:
+            db = home / rel.removeprefix("~/")
+            if db not in out:
+                out.append(db)
+    return out
 
 
 def readonly(db: Path) -> sqlite3.Connection:

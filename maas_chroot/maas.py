@@ -171,7 +171,8 @@ class MaasClient:
         The maas CLI keeps profiles in sqlite (``src/maascli/config.py``): table
         ``profiles(id, name UNIQUE, data)`` with ``data`` the JSON of
         ``{"name", "url", "credentials": [consumer, token, secret], ...}``. Looked up in
-        ``path``, else ``~/.maascli.db`` then ``~/snap/maas/current/.maascli.db``.
+        ``path``, else ``~/.maascli.db`` then ``~/snap/maas/current/.maascli.db``, and
+        under sudo the same files in ``$SUDO_USER``'s home (the user who ran ``maas login``).
         """
         url, key = read_profile(name, path=path)
         return cls(url, key, **kwargs)

@@ -374,6 +374,7 @@ def test_from_profile_reads_the_maas_cli_db(fake: FakeMaas, tmp_path: Path,
     _profile_db(db, "anon", fake.url + "/api/2.0/", None)
     c = mm.MaasClient.from_profile("admin", path=db)
     assert c.url == fake.url and c.boot_resources() == []
+    assert fake.token_secret not in repr(c)
     with pytest.raises(MaasApiError, match="profiles found: admin"):
         mm.MaasClient.from_profile("other", path=db)
     with pytest.raises(MaasApiError, match="anonymous"):
@@ -382,6 +383,11 @@ def test_from_profile_reads_the_maas_cli_db(fake: FakeMaas, tmp_path: Path,
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     _profile_db(tmp_path / "home/snap/maas/current/.maascli.db", "snappy", fake.url, creds)
     assert mm.MaasClient.from_profile("snappy").boot_resources() == []
+    # under sudo (HOME=/root) the invoking user's `maas login` is found too
+    monkeypatch.setenv("SUDO_USER", "root")
+    with pytest.raises(MaasApiError) as e:
+        mm.MaasClient.from_profile("nobody-has-this")
+    assert f"{Path('~root').expanduser()}/.maascli.db" in str(e.value)
 
 
 def test_from_env(fake: FakeMaas) -> None:
