@@ -1,0 +1,183 @@
+"""build(): the whole pipeline from the Python API, on a real minbase rootfs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import maas_chroot as mc
+from maas_chroot import bootstrap, hostapt, rootfs
+from maas_chroot.build import BuildResult
+from tests.maas_server import serve
+
+
+def _names(tgz: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(tgz) as tar:
+        return {m.name.removeprefix("./"): m for m in tar.getmembers()}
+
+
+def _read(tgz: Path, name: str) -> bytes:
+    with tarfile.open(tgz) as tar:
+        f = tar.extractfile("./" + name)
+        assert f is not None
+        return f.read()
+
+
+def test_result_repr_shows_every_step_and_the_total() -> None:
+    res = BuildResult(output=Path("/srv/x.tgz"), size=3 * 1024 * 1024, sha256="ab" * 32,
+                      source="archive /srv/root.tar", steps=(("extract", 1.25), ("pack", 2.5)))
+    text = repr(res)
+    assert text.splitlines()[0] == "BuildResult('/srv/x.tgz', 3.0 MiB, sha256=abababababababab…)"
+    assert "extract       1.2 s" in text or "extract       1.3 s" in text
+    assert "pack          2.5 s" in text
+    assert text.splitlines()[-1].split() == ["total", "3.8", "s"]
+    assert res.durations == {"extract": 1.25, "pack": 2.5}
+
+
+@pytest.mark.skipif(any("noble" in s.suites for s in hostapt.sources()),
+                    reason="this host's apt carries noble")
+def test_bootstrap_of_a_suite_the_host_lacks_asks_for_a_mirror() -> None:
+    with pytest.raises(mc.SourceError) as exc:
+        bootstrap.resolve("noble")
+    assert "--mirror" in (exc.value.hint or "")
+    spec = bootstrap.resolve("noble", mirror="http://127.0.0.1:9/ubuntu/", keyring="/k.gpg")
+    assert (spec.uri, spec.components, spec.keyring) == ("http://127.0.0.1:9/ubuntu", ("main",),
+                                                         "/k.gpg")
+    argv = bootstrap.argv(spec, "/srv/root")
+    assert argv[0] == "mmdebstrap" and "--mode=unshare" in argv
+    assert argv[-3:] == ["noble", "/srv/root", "http://127.0.0.1:9/ubuntu"]
+
+
+@pytest.mark.root
+def test_directory_source_with_files_commands_script_and_upload(minbase_root: Path,
+                                                                tmp_path: Path) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("key = value\n")
+    script = tmp_path / "setup.sh"
+    script.write_text("#!/bin/sh\nset -e\necho \"script ran as $(id -u)\" > /root/script-ran\n")
+    script.chmod(0o755)
+    work, keep, out = tmp_path / "work", tmp_path / "keep", tmp_path / "out.tgz"
+    work.mkdir()
+    motd_before = (minbase_root / "etc/motd").read_bytes()
+    with serve(tmp_path / "maas") as fake:
+        client = mc.MaasClient(fake.url, fake.api_key)
+        res = mc.build(minbase_root, out, workdir=work, keep_rootfs=keep, progress=False,
+                       files={"/etc/motd": b"built by maas_chroot\n", "/etc/app.conf": conf},
+                       commands=[["touch", "/root/argv-ran"], "echo $((40+2)) > /root/sh-ran",
+                                 script],
+                       upload={"client": client, "name": "custom/dir-build", "title": "Dir"})
+        assert fake.path("custom/dir-build").read_bytes() == out.read_bytes()
+    try:
+        assert res.output == out
+        assert res.size == out.stat().st_size
+        assert res.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+        assert res.uploaded is not None and res.uploaded.name == "dir-build"
+        assert res.rootfs == keep
+        assert [s for s, _ in res.steps] == ["check", "copy", "chroot", "files", "commands",
+                                             "sysprep", "pack", "upload", "cleanup"]
+        assert "copy" in repr(res) and "upload" in repr(res)
+        members = _names(out)
+        assert _read(out, "etc/motd") == b"built by maas_chroot\n"
+        assert _read(out, "etc/app.conf") == b"key = value\n"
+        assert _read(out, "root/sh-ran") == b"42\n"
+        assert _read(out, "root/script-ran") == b"script ran as 0\n"
+        assert "root/argv-ran" in members
+        assert not [n for n in members if "maas-chroot-script" in n]
+        assert "usr/sbin/policy-rc.d" not in members
+        # the source directory was copied, not changed; the kept rootfs is the packed one
+        assert (minbase_root / "etc/motd").read_bytes() == motd_before
+        assert not (minbase_root / "root/sh-ran").exists()
+        assert (keep / "root/sh-ran").read_bytes() == b"42\n"
+        assert list(work.iterdir()) == []
+    finally:
+        rootfs.remove_tree(keep)
+
+
+@pytest.mark.root
+def test_in_place_customises_the_source_directory(minbase_root: Path, tmp_path: Path) -> None:
+    (minbase_root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    res = mc.build(minbase_root, tmp_path / "o.tgz", in_place=True, progress=False,
+                   commands=["echo in-place > /etc/motd"], workdir=tmp_path)
+    assert (minbase_root / "etc/motd").read_text() == "in-place\n"
+    assert (minbase_root / "etc/machine-id").read_bytes() == b""  # sysprep ran on it
+    assert res.rootfs is None and "copy" not in res.durations
+    assert _read(res.output, "etc/motd") == b"in-place\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tgz", "root"]
+
+
+@pytest.mark.root
+def test_failure_names_the_step_removes_the_work_dir_and_keeps_the_rootfs(
+        minbase_tar: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(mc.BuildError) as exc:
+        mc.build(minbase_tar, tmp_path / "o.tgz", workdir=work, progress=False,
+                 commands=["echo first > /root/first", "echo boom >&2; exit 3"])
+    err = exc.value
+    assert err.step == "commands"
+    assert "build step 'commands' failed" in err.message and "boom" in err.message
+    assert isinstance(err.__cause__, mc.CommandError) and err.__cause__.returncode == 3
+    assert "--keep-rootfs" in (err.hint or "")
+    assert list(work.iterdir()) == []
+    assert not (tmp_path / "o.tgz").exists()
+
+    keep = tmp_path / "keep"
+    with pytest.raises(mc.BuildError) as exc:
+        mc.build(minbase_tar, tmp_path / "o.tgz", workdir=work, keep_rootfs=keep,
+                 progress=False, commands=["echo first > /root/first", "exit 3"])
+    try:
+        assert f"kept in {keep}" in exc.value.message and exc.value.workdir == str(keep)
+        assert (keep / "root/first").read_text() == "first\n"
+        assert not (keep / rootfs.JOURNAL_NAME).exists()
+        assert list(work.iterdir()) == []
+    finally:
+        rootfs.remove_tree(keep)
+
+
+@pytest.mark.root
+def test_bad_arguments_fail_in_the_check_step_before_any_work(minbase_tar: Path,
+                                                              tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full/x").write_text("x")
+    cases = [
+        ({"output": tmp_path / "o.zip"}, "output format"),
+        ({"output": tmp_path / "no/dir/o.tgz"}, "does not exist"),
+        ({"keep_rootfs": tmp_path / "full"}, "not empty"),
+        ({"files": {"/etc/x": tmp_path / "missing"}}, "not found"),
+        ({"commands": [tmp_path / "missing.sh"]}, "script not found"),
+        ({"apt_sources": ["http://127.0.0.1:9/debian bookworm main"]}, "signing key"),
+        ({"in_place": True}, "needs a rootfs directory"),
+    ]
+    for kwargs, needle in cases:
+        args = {"output": tmp_path / "o.tgz", "workdir": tmp_path, **kwargs}
+        with pytest.raises(mc.BuildError) as exc:
+            mc.build(minbase_tar, **args)  # type: ignore[arg-type]
+        assert exc.value.step == "check", kwargs
+        assert needle in exc.value.message, (needle, exc.value.message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+@pytest.mark.root
+@pytest.mark.network
+@pytest.mark.slow
+def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
+    suite = hostapt.os_release().get("VERSION_CODENAME", "")
+    try:
+        hostapt.host_mirror(suite)
+    except mc.SourceError:
+        pytest.skip("the host's apt has no mirror for its own suite")
+    out = tmp_path / "boot.tgz"
+    res = mc.build(f"bootstrap:{suite}", out, variant="essential", workdir=tmp_path,
+                   commands=["echo bootstrapped > /etc/motd"], progress=False)
+    assert res.source == f"bootstrap {suite}"
+    assert [s for s, _ in res.steps][:2] == ["check", "bootstrap"]
+    members = _names(out)
+    assert _read(out, "etc/motd") == b"bootstrapped\n"
+    assert members["etc/passwd"].uid == 0 and members["etc/passwd"].uname in ("root", "")
+    assert members["usr/bin/dpkg"].mode & 0o111
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz"]
+    assert os.stat(out).st_size == res.size
