@@ -410,8 +410,12 @@ def _small_tree(dest: Path) -> None:
 _SMALL: dict[str, Path] = {}  # the tiny tree's artefacts, built once per process
 
 
-def build_artefacts(rootfs_tar: Path | None = None) -> dict[str, Path]:
+def build_artefacts(rootfs_tar: Path | None = None,
+                    formats: Iterable[str] = ("squashfs", "root.tar.xz")) -> dict[str, Path]:
     """Make ``{"squashfs": ..., "root.tar.xz": ...}`` from a rootfs tar (or a tiny tree).
+
+    Only the ``formats`` asked for are made from a ``rootfs_tar``, once per tar: for
+    the 170 MB minbase tar on 2 busy cores, sqfstar took 45 s and xz -0 24 s.
 
     The tiny tree's artefacts are built once per process; those of a ``rootfs_tar``
     are cached beside it (keyed on its size and mtime), since compressing a real
@@ -441,20 +445,22 @@ def build_artefacts(rootfs_tar: Path | None = None) -> dict[str, Path]:
     cache = rootfs_tar.parent / f"cloudimages-{key.hexdigest()[:12]}"
     out = {"squashfs": cache / "image.squashfs", "root.tar.xz": cache / "image-root.tar.xz"}
     with FileLock(str(cache) + ".lock"):
-        if not all(p.exists() for p in out.values()):
-            cache.mkdir(exist_ok=True)
+        cache.mkdir(exist_ok=True)
+        for fmt in formats:
+            if out[fmt].exists():
+                continue
+            tmp = out[fmt].with_name(out[fmt].name + ".tmp")
+            tmp.unlink(missing_ok=True)
             with open(rootfs_tar, "rb") as src:
-                tmp = out["squashfs"].with_suffix(".tmp")
-                tmp.unlink(missing_ok=True)
-                subprocess.run(["sqfstar", "-quiet", "-comp", "gzip", str(tmp)],
-                               stdin=src, check=True, stdout=subprocess.DEVNULL)
-                tmp.rename(out["squashfs"])
-            with open(rootfs_tar, "rb") as src:
-                tmp = out["root.tar.xz"].with_suffix(".tmp")
-                with open(tmp, "wb") as dst:
-                    subprocess.run(["xz", "-T0", "-1", "-c"], stdin=src, stdout=dst, check=True)
-                tmp.rename(out["root.tar.xz"])
-    return out
+                if fmt == "squashfs":
+                    subprocess.run(["sqfstar", "-quiet", "-comp", "gzip", str(tmp)],
+                                   stdin=src, check=True, stdout=subprocess.DEVNULL)
+                else:
+                    with open(tmp, "wb") as dst:
+                        subprocess.run(["xz", "-T0", "-0", "-c"], stdin=src, stdout=dst,
+                                       check=True)
+            tmp.rename(out[fmt])
+    return {fmt: out[fmt] for fmt in formats}
 
 
 # ---------------------------------------------------------------- the site
@@ -592,9 +598,9 @@ def serve_cloud_images(
     thread: threading.Thread | None = None
     faults = _Faults()
     try:
-        art = build_artefacts(rootfs_tar)
-        root = base / "mirror"
         rel, arc, fmts = tuple(releases), tuple(arches), tuple(formats)
+        art = build_artefacts(rootfs_tar, fmts)
+        root = base / "mirror"
         _populate(root, art, gpg, rel, arc, fmts, serial, daily_serial)
         log = RequestLog()
         server = _Server(root, log, faults)
