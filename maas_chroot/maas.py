@@ -217,18 +217,8 @@ class MaasClient:
             validate_filetype(filetype)
         if base_image is not None:
             base_image = validate_base_image(base_image)
-        if isinstance(path, (str, os.PathLike)):
-            file = Path(path)
-            size, sha256 = _size_and_sha256(file, progress=progress)
-        else:
-            file, size, sha256 = Path(path.path), int(path.size), str(path.sha256)
-            if file.stat().st_size != size:
-                raise MaasApiError(f"{file} is {file.stat().st_size} bytes but its PackResult "
-                                   f"says {size}: the file changed since it was packed",
-                                   url=self.api_url, hint="pack it again")
-        if size == 0:
-            raise MaasApiError(f"{file} is empty", url=self.api_url)
-        filetype = filetype or infer_filetype(file)
+        file = Path(path) if isinstance(path, (str, os.PathLike)) else Path(path.path)
+        filetype = filetype or infer_filetype(file)       # cheap checks before the long read
         if base_image is None:
             found = (_maasnames.sniff_ubuntu_release(file, filetype)
                      or _maasnames.release_from_words([full, title or ""]))
@@ -237,6 +227,16 @@ class MaasClient:
             else:
                 logger.warning("%s: base_image not given and not Ubuntu-recognisable; MAAS "
                                "will use its commissioning release", full)
+        if isinstance(path, (str, os.PathLike)):
+            size, sha256 = _size_and_sha256(file, progress=progress)
+        else:
+            size, sha256 = int(path.size), str(path.sha256)
+            if file.stat().st_size != size:
+                raise MaasApiError(f"{file} is {file.stat().st_size} bytes but its PackResult "
+                                   f"says {size}: the file changed since it was packed",
+                                   url=self.api_url, hint="pack it again")
+        if size == 0:
+            raise MaasApiError(f"{file} is empty", url=self.api_url)
         fields = {"name": full, "title": title or full.split("/", 1)[1],
                   "architecture": architecture, "filetype": filetype, "size": str(size),
                   "sha256": sha256}
