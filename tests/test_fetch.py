@@ -100,7 +100,7 @@ def test_progress_bar_in_bytes(site: CloudImageSite, tmp_path: Path,
     _fetch(site, tmp_path, src, progress=True)
     err = capsys.readouterr().err
     assert src.filename in err
-    assert "B/s" in err or "kB" in err or "KB" in err
+    assert "B/s" in err  # a byte rate
 
 
 # ---------------------------------------------------------------- verification failures
@@ -443,7 +443,8 @@ def test_unverified_url_revalidates_with_a_conditional_get(site: CloudImageSite,
     site.log.clear()
     _fetch(site, tmp_path, url, verify="none")
     (entry,) = site.log.entries()
-    assert (entry.path, entry.status, entry.sent) == (site.log.entries()[0].path, 304, 0)
+    assert (entry.path, entry.status, entry.sent) == (
+        "/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.squashfs", 304, 0)
     assert entry.if_none_match is not None
 
 
