@@ -181,6 +181,11 @@ class Http:
                         _discard(part, state_path)
                         continue
                     _check_status(resp, url)
+                    if resp.status_code == 206 and not _resumes(resp, offset):
+                        log.info("%s: unusable partial answer (%s) at byte %d; starting over",
+                                 url, resp.headers.get("Content-Range"), offset)
+                        _discard(part, state_path)
+                        raise _Retry(206)
                     result = self._stream(resp, url, part, state_path, offset,
                                           progress=progress, desc=desc)
                     state_path.unlink(missing_ok=True)
@@ -197,7 +202,7 @@ class Http:
                 offset: int, *, progress: bool | None, desc: str) -> Downloaded:
         validators = Validators.of(resp)
         encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
-        if resp.status_code == 206 and _range_start(resp) == offset:
+        if resp.status_code == 206:  # checked by _resumes(): continues the part exactly
             mode = "ab"
             hasher = hashlib.sha256()
             file_sha256(part, hasher)
@@ -278,13 +283,15 @@ def _check_status(resp: requests.Response, url: str) -> None:
     raise FetchError(f"{url}: HTTP {status} {reason}".rstrip(), url=url, status=status, hint=hint)
 
 
-def _range_start(resp: requests.Response) -> int | None:
-    value = resp.headers.get("Content-Range", "")
-    unit, _, spec = value.partition(" ")
-    if unit.strip().lower() != "bytes":
-        return None
-    start = spec.partition("-")[0].strip()
-    return int(start) if start.isdigit() else None
+def _resumes(resp: requests.Response, offset: int) -> bool:
+    """Whether a 206 answer continues a part of ``offset`` bytes up to the end of the file."""
+    unit, _, spec = resp.headers.get("Content-Range", "").strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not first.isdigit() or not last.isdigit():
+        return False
+    complete = not total.isdigit() or int(last) + 1 == int(total)
+    return offset > 0 and int(first) == offset and complete
 
 
 def _load_state(path: Path, url: str) -> Validators | None:

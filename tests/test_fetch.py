@@ -249,6 +249,24 @@ def test_interrupted_fetch_resumes_in_the_next_call(site: CloudImageSite,
     assert not part.exists()
 
 
+def test_complete_part_refused_by_the_server_starts_over(site: CloudImageSite,
+                                                         tmp_path: Path) -> None:
+    """A process killed after the last byte but before the rename leaves a whole .part:
+    the server answers its Range with 416, and the download starts over."""
+    src = site.source("noble")
+    data = site.path(src.url).read_bytes()
+    site.cut_after(src.url, 1000)
+    with pytest.raises(FetchError):
+        _fetch(site, tmp_path, src, retries=0)
+    target = cache_path(src.url, tmp_path / "cache")
+    with open(target.with_name(target.name + ".part"), "ab") as part:
+        part.write(data[1000:])
+    site.log.clear()
+    assert _fetch(site, tmp_path, src).read_bytes() == data
+    assert [(e.status, e.range) for e in site.log.entries(src.url)] == [
+        (416, f"bytes={len(data)}-"), (200, None)]
+
+
 def test_server_ignoring_range_restarts_from_scratch(site: CloudImageSite,
                                                      tmp_path: Path) -> None:
     src = site.source("noble")
