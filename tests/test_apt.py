@@ -9,17 +9,20 @@ own sources name, and a signed apt repository served on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aptrepo import DebSpec, make_deb, make_key
+from aptrepo import DebSpec, make_deb, make_key, serve_proxy, serve_repo
+from conftest import gnu_extract
 
+from maas_chroot import Chroot, hostapt, rootfs, sysprep
 from maas_chroot import _aptprogress as ap
 from maas_chroot import run as _run
 from maas_chroot.apt import APT_ENV, PROXY_FILE, Apt, AptResult
@@ -243,3 +246,246 @@ def test_debconf_set_and_hold(tmp_path: Path) -> None:
 
 
 # --- real apt in a real Chroot (root + network) --------------------------------------------
+
+#
+# Extracting a rootfs and `apt-get update` cost seconds each, so one updated image is
+# shared by the module (`shared`); every test that changes it puts it back in `finally`.
+# Tests that need a pristine image take a fresh one and borrow the shared package lists
+# with a bind mount instead of running `apt-get update` again.
+
+
+@pytest.fixture(scope="module")
+def shared(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A minbase rootfs after one real `apt-get update`, shared by the module."""
+    root = tmp_path_factory.mktemp("shared") / "root"
+    gnu_extract(minbase_tar, root)
+    try:
+        with Chroot(root) as ch:
+            res = ch.apt.update(progress=False)
+        assert any(line.startswith(("Get:", "Hit:")) for line in res.output)
+        yield root
+    finally:
+        rootfs.remove_tree(root)
+
+
+def _lists(shared: Path) -> dict[Path, str]:
+    return {shared / "var/lib/apt/lists": "/var/lib/apt/lists"}
+
+
+def _status(ch: Chroot, *pkgs: str) -> dict[str, str]:
+    out = ch.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *pkgs],
+                 check=False, capture=True).stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+
+
+def _gone(status: dict[str, str], *pkgs: str) -> bool:
+    return all(status.get(p, "un") in ("un", "pn") for p in pkgs)
+
+
+def _restore(root: Path, *purge: str, files: Sequence[str] = ()) -> None:
+    """Put the shared image back: purge packages (and what they pulled in), remove files."""
+    with Chroot(root) as ch:
+        if files:
+            ch.run(["rm", "-f", "--", *files])
+        installed = [p for p, s in _status(ch, *purge).items() if s == "ii"] if purge else []
+        if installed:
+            ch.apt.remove(installed, purge=True, progress=False)
+        ch.apt.autoremove(purge=True, progress=False)
+        ch.apt.clean()
+
+
+def _rooted_in(root: Path) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(p / "root").startswith(str(root)):
+                    found.append(int(p.name))
+    return found
+
+
+def _listening(port: int) -> set[str]:
+    socks = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    socks.add(f"{table}:{local}")
+    return socks
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_image_sources_name_the_mirror_mmdebstrap_used(shared: Path) -> None:
+    sources = (shared / "etc/apt/sources.list").read_text()
+    assert hostapt.host_mirror().uri in sources
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_update_install_remove_purge_autoremove(shared: Path) -> None:
+    try:
+        with Chroot(shared) as ch:
+            up = ch.apt.update(progress=False)
+            assert not [line for line in up.output if line.startswith(("E:", "W:"))]
+            res = ch.apt.install(["jq", "tree"], progress=False)
+            assert res.events > 0  # the Status-Fd reached us through the chroot helper
+            assert any(" jq " in line for line in res.fetched)
+            assert ch.run(["jq", "-n", "1+1"], capture=True).stdout == "2\n"
+            assert ch.run(["tree", "--version"], capture=True).stdout.startswith("tree v")
+            assert _status(ch, "jq", "tree", "libjq1") == {"jq": "ii", "tree": "ii",
+                                                           "libjq1": "ii"}
+
+            ch.apt.remove(["jq", "tree"], purge=True, progress=False)
+            st = _status(ch, "jq", "tree", "libjq1", "libonig5")
+            assert _gone(st, "jq", "tree")
+            assert st["libjq1"] == "ii"  # pulled in automatically: there until autoremove
+
+            ch.apt.autoremove(purge=True, progress=False)
+            assert _gone(_status(ch, "libjq1", "libonig5"), "libjq1", "libonig5")
+            ch.apt.clean()
+        assert not list((shared / "var/cache/apt/archives").glob("*.deb"))
+    finally:
+        _restore(shared, "jq", "tree")
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_unknown_package_is_a_clear_error(shared: Path) -> None:
+    with Chroot(shared) as ch, pytest.raises(CommandError) as err:
+        ch.apt.install(["jq", "no-such-package-mc"], progress=False)
+    text = str(err.value)
+    assert "E: Unable to locate package no-such-package-mc" in text
+    assert str(shared) in text and "apt-get install failed" in text
+    assert err.value.returncode == 100
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_add_source_installs_from_a_signed_local_repository(shared: Path,
+                                                            tmp_path: Path) -> None:
+    hello = DebSpec("mc-hello", files={"/usr/bin/mc-hello": "#!/bin/sh\necho hello from mc\n"})
+    wrong = make_key(tmp_path / "wrong")
+    src, key = "/etc/apt/sources.list.d/mc-test.sources", "/etc/apt/keyrings/mc-test.gpg"
+    try:
+        with serve_repo(tmp_path / "site", [hello]) as repo, Chroot(shared) as ch:
+            # signed by a key the image was not given: update fails and says why
+            ch.apt.add_source("mc-test", repo.url, repo.suite, repo.component, key=wrong.asc)
+            with pytest.raises(CommandError) as err:
+                ch.apt.update(progress=False)
+            assert "NO_PUBKEY" in str(err.value) or "not signed" in str(err.value)
+            assert repo.url in str(err.value)
+
+            assert ch.apt.add_source("mc-test", repo.url, repo.suite, repo.component,
+                                     key=repo.key_asc) == src
+            ch.apt.update(progress=False)
+            ch.apt.install(["mc-hello"], progress=False)
+            assert ch.run(["mc-hello"], capture=True).stdout == "hello from mc\n"
+            assert (shared / key.lstrip("/")).read_bytes() == repo.key.gpg.read_bytes()
+            text = (shared / src.lstrip("/")).read_text()
+        assert f"URIs: {repo.url}\n" in text
+        assert f"Signed-By: {key}\n" in text
+        assert f"/dists/{repo.suite}/InRelease" in repo.log
+        assert any(p.startswith("/pool/") and "mc-hello" in p for p in repo.log)
+    finally:
+        _restore(shared, "mc-hello", files=[src, key])
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_install_a_local_deb_with_dependencies_from_the_archive(shared: Path,
+                                                               tmp_path: Path) -> None:
+    deb = make_deb(DebSpec("mc-local", depends="tree",
+                           files={"/etc/mc-local.conf": "local=1\n"}), tmp_path)
+    try:
+        with Chroot(shared) as ch:
+            ch.apt.install([deb], recommends=False, progress=False)
+            assert _status(ch, "mc-local", "tree") == {"mc-local": "ii", "tree": "ii"}
+        assert (shared / "etc/mc-local.conf").read_text() == "local=1\n"
+        assert not list((shared / "var/tmp").glob("maas-chroot-debs.*"))  # the copy is gone
+    finally:
+        _restore(shared, "mc-local", "tree")
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_build_proxy_is_used_then_gone(shared: Path, tmp_path: Path) -> None:
+    proxy_file = shared / PROXY_FILE.lstrip("/")
+    src, key = "/etc/apt/sources.list.d/mc-test.sources", "/etc/apt/keyrings/mc-test.gpg"
+    try:
+        with serve_repo(tmp_path / "site", [DebSpec("mc-hello")]) as repo, \
+                serve_proxy() as proxy:
+            with Chroot(shared) as ch:
+                ch.apt.set_proxy(proxy.url)
+                assert proxy.url in proxy_file.read_text()
+                ch.apt.add_source("mc-test", repo.url, repo.suite, repo.component,
+                                  key=repo.key_asc)
+                ch.apt.update(progress=False)
+            assert not os.path.lexists(proxy_file)  # gone with the session
+            # every request apt made to the repository went through the proxy
+            assert f"{repo.url}/dists/{repo.suite}/InRelease" in proxy.log
+            assert {repo.url + p for p in repo.log} <= set(proxy.log)
+    finally:
+        _restore(shared, files=[src, key])
+
+
+@pytest.mark.root
+def test_kept_proxy_stays_until_sysprep(tmp_path: Path) -> None:
+    root = tmp_path / "img"  # enough of a rootfs for a session that runs no command
+    for d in ("usr/sbin", "etc/apt/apt.conf.d", "bin"):
+        (root / d).mkdir(parents=True)
+    (root / "bin/sh").touch()
+    with Chroot(root) as ch:
+        ch.apt.set_proxy("http://127.0.0.1:9", keep=True)
+    assert 'Proxy "http://127.0.0.1:9"' in (root / PROXY_FILE.lstrip("/")).read_text()
+    assert sysprep(root, progress=False).paths("apt-proxy") == (PROXY_FILE,)
+    assert not os.path.lexists(root / PROXY_FILE.lstrip("/"))
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_a_service_package_starts_no_daemon(minbase_root: Path, shared: Path) -> None:
+    root = minbase_root
+    ssh_before = _listening(22)
+    with Chroot(root, binds=_lists(shared)) as ch:
+        res = ch.apt.install(["openssh-server"], recommends=False, progress=False)
+        assert _rooted_in(root) == []
+    assert any("policy-rc.d denied execution of start" in line for line in res.output)
+    assert _rooted_in(root) == []
+    assert _listening(22) == ssh_before
+    assert not (root / "run/sshd.pid").exists()
+    keys = sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*"))
+    assert keys  # the postinst made host keys: exactly what sysprep must remove
+
+    report = sysprep(root, progress=False)
+    print(f"ssh host keys before sysprep: {keys}\n{report}\n{report.details(limit=8)}")
+    assert sorted(Path(p).name for p in report.paths("ssh-hostkeys")) == keys
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))
+    again = sysprep(root, progress=False)
+    print(f"second run:\n{again}")
+    assert again.items == ()
+
+
+@pytest.mark.root
+@pytest.mark.network
+def test_second_build_with_a_shared_cache_downloads_nothing(
+        minbase_root: Path, shared: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "archives"
+    cache.mkdir()
+    binds = {cache: "/var/cache/apt/archives"}
+    try:
+        with Chroot(shared, binds=binds) as ch:  # build 1: the shared image
+            first = ch.apt.install(["jq", "tree"], progress=False)
+    finally:
+        _restore(shared, "jq", "tree")
+    with Chroot(minbase_root, binds={**binds, **_lists(shared)}) as ch:  # build 2: a fresh one
+        second = ch.apt.install(["jq", "tree"], progress=False)
+        assert _status(ch, "jq", "tree") == {"jq": "ii", "tree": "ii"}
+    assert len(first.fetched) == 4
+    assert sorted(p.name.split("_")[0] for p in cache.glob("*.deb")) == [
+        "jq", "libjq1", "libonig5", "tree"]
+    assert second.fetched == ()
+    assert any(line.startswith("Need to get 0 B/") for line in second.output), second.output
+    # the packages went to the bind, not into the image
+    assert not list((minbase_root / "var/cache/apt/archives").glob("*.deb"))
