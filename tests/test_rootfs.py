@@ -1,0 +1,169 @@
+"""Host-side file operations confined to a root (maas_chroot.rootfs), on real trees.
+
+Every resolution test runs twice: with openat2(RESOLVE_IN_ROOT) and with the
+component walk that replaces it on old kernels (forced by ``_have_openat2 = False``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maas_chroot import MaasChrootError, UnsafePathError, rootfs
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "walk":
+        monkeypatch.setattr(rootfs, "_have_openat2", False)
+    elif rootfs._have_openat2 is False:
+        pytest.skip("this kernel has no openat2")
+    return str(request.param)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A root with hostile symlinks, and a host directory they point at (with a canary)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "canary").write_text("host canary\n")
+    root = tmp_path / "root"
+    for d in ("etc", "usr/lib", "run/systemd/resolve", "var"):
+        (root / d).mkdir(parents=True)
+    inside_host = root / str(host).lstrip("/")  # where host paths land inside the root
+    inside_host.mkdir(parents=True)
+    (inside_host / "canary").write_text("inside copy\n")
+    (root / "run/systemd/resolve/stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
+    (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    (root / "etc/abs").symlink_to(str(host))            # absolute, pointing "out"
+    (root / "etc/up").symlink_to("../" * 10 + str(host).lstrip("/"))  # .. climbing "out"
+    (root / "etc/lib").symlink_to("/usr/lib")            # absolute, inside
+    (root / "etc/loop").symlink_to("loop")
+    (root / "var/run").symlink_to("../run")
+    yield root, host
+    assert (host / "canary").read_text() == "host canary\n"
+    assert sorted(os.listdir(host)) == ["canary"]
+
+
+@pytest.mark.parametrize("path", ["/etc/abs/canary", "/etc/up/canary", "etc/abs/../host/canary",
+                                  "/../../etc/abs/canary"])
+def test_reads_through_links_stay_inside(world: tuple[Path, Path], mode: str, path: str) -> None:
+    root, _ = world
+    assert rootfs.read_file(root, path) == b"inside copy\n"
+
+
+def test_resolution_follows_links_inside_the_root(world: tuple[Path, Path], mode: str) -> None:
+    root, _ = world
+    assert rootfs.read_file(root, "/etc/resolv.conf") == b"nameserver 127.0.0.53\n"
+    assert rootfs.read_file(root, "/var/run/systemd/resolve/stub-resolv.conf").startswith(b"name")
+    fd = rootfs.open_in_root(root, "/etc/lib", os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert os.fstat(fd).st_ino == os.stat(root / "usr/lib").st_ino
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):  # ELOOP
+        rootfs.read_file(root, "/etc/loop")
+    with pytest.raises(OSError):  # a final symlink is refused when asked
+        rootfs.read_file(root, "/etc/resolv.conf", follow=False)
+
+
+def test_writes_through_links_stay_inside(world: tuple[Path, Path], mode: str) -> None:
+    root, host = world
+    rootfs.write_file(root, "/etc/abs/new", "a\n")
+    rootfs.write_file(root, "/etc/up/new2", b"b\n", mode=0o600, uid=1, gid=2)
+    rootfs.makedirs(root, "/etc/abs/d1/d2")
+    inside = root / str(host).lstrip("/")
+    assert (inside / "new").read_text() == "a\n"
+    st = os.stat(inside / "new2")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1, 2)
+    assert (inside / "d1/d2").is_dir()
+
+
+def test_write_replaces_a_final_symlink_never_its_target(world: tuple[Path, Path],
+                                                         mode: str) -> None:
+    root, _ = world
+    rootfs.write_file(root, "/etc/resolv.conf", "nameserver 192.0.2.1\n")
+    assert not (root / "etc/resolv.conf").is_symlink()
+    assert (root / "run/systemd/resolve/stub-resolv.conf").read_text() == "nameserver 127.0.0.53\n"
+    rootfs.write_file(root, "/etc/abs", "replaced the link\n")
+    assert (root / "etc/abs").read_text() == "replaced the link\n"
+    assert rootfs.unlink(root, "/etc/up") is True  # removes the link itself
+    assert rootfs.unlink(root, "/etc/up") is False
+
+
+def test_snapshot_restore_round_trips_each_kind(world: tuple[Path, Path], mode: str) -> None:
+    root, _ = world
+    (root / "etc/file").write_bytes(b"\x00binary\xff")
+    os.chmod(root / "etc/file", 0o4711)
+    os.chown(root / "etc/file", 3, 4)
+    for path, kind in (("/etc/resolv.conf", "symlink"), ("/etc/abs", "symlink"),
+                       ("/etc/file", "file"), ("/etc/absent", "absent")):
+        entry = rootfs.snapshot(root, path)
+        assert entry.kind == kind
+        assert rootfs.Entry.from_json(entry.to_json()) == entry
+        rootfs.write_file(root, path, "swapped\n")
+        rootfs.restore(root, entry)
+        assert rootfs.snapshot(root, path) == entry
+    assert rootfs.lstat(root, "/etc/absent") is None
+    with pytest.raises(UnsafePathError):
+        rootfs.snapshot(root, "/etc")  # a directory cannot be swapped
+
+
+def test_bad_paths_are_refused(world: tuple[Path, Path], mode: str) -> None:
+    root, _ = world
+    for bad in ("/", "/etc/..", ""):
+        with pytest.raises(UnsafePathError):
+            rootfs.write_file(root, bad, "x")
+    with pytest.raises(UnsafePathError):
+        rootfs.write_file(root, "/missing/dir/file", "x", mkdirs=False)
+
+
+# --- mounts and remove_tree -----------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_remove_tree_refuses_while_something_is_mounted_below(tmp_path: Path) -> None:
+    tree = tmp_path / "work dir"  # a space: mountinfo escapes it as \040
+    point = tree / "a" / "mnt"
+    point.mkdir(parents=True)
+    (tree / "keep").write_text("x")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
+    try:
+        (point / "on-tmpfs").write_text("y")
+        assert rootfs.mounts_under(tree) == [str(point)]
+        with pytest.raises(MaasChrootError, match="mounted"):
+            rootfs.remove_tree(tree)
+        assert (tree / "keep").exists() and (point / "on-tmpfs").exists()
+        fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(MaasChrootError, match="another filesystem"):
+                rootfs.clear_dir_at(fd, str(tree))  # never crosses into the mount
+        finally:
+            os.close(fd)
+        assert (point / "on-tmpfs").exists()
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    assert rootfs.mounts_under(tree) == []
+    rootfs.remove_tree(tree)
+    assert not tree.exists()
+
+
+def test_remove_tree_never_follows_symlinks(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me\n")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "to-outside").symlink_to(outside)
+    (tree / "to-file").symlink_to(outside / "precious")
+    rootfs.remove_tree(tree)
+    assert not tree.exists()
+    assert (outside / "precious").read_text() == "keep me\n"
+    rootfs.remove_tree(tree)  # missing_ok
+    with pytest.raises(FileNotFoundError):
+        rootfs.remove_tree(tree, missing_ok=False)
