@@ -111,6 +111,8 @@ def _source_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verify", choices=("signature", "checksum", "none"),
                    help="how to verify a download (default: the strongest available)")
     g.add_argument("--sha256", help="expected sha256 of a URL or local file")
+    g.add_argument("--sums-url", help="a SHA256SUMS file listing a URL (signed with .gpg "
+                                      "beside it when --verify signature)")
     g.add_argument("--cache-dir", help="download cache (default: ~/.cache/maas-chroot)")
 
 

@@ -34,11 +34,10 @@ from .sysprep import sysprep as _sysprep
 log = logging.getLogger(__name__)
 
 #: Output suffix -> (pack compression, MAAS filetype). curtin deploys gzip, bzip2 and xz.
-OUTPUT_FORMATS: Mapping[str, tuple[str, str | None]] = {
+OUTPUT_FORMATS: Mapping[str, tuple[str, str]] = {
     ".tgz": ("gzip", "tgz"), ".tar.gz": ("gzip", "tgz"),
     ".txz": ("xz", "txz"), ".tar.xz": ("xz", "txz"),
     ".tbz": ("bzip2", "tbz"), ".tar.bz2": ("bzip2", "tbz"),
-    ".tar.zst": ("zstd", None),
 }
 
 
@@ -121,6 +120,7 @@ def build(
     keyring: str | os.PathLike[str] | None = None,
     verify: Verify | None = None,
     sha256: str | None = None,
+    sums_url: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     variant: str = "minbase",
     level: int = 6,
@@ -128,9 +128,11 @@ def build(
     """Build a custom MAAS image from ``source`` into ``output`` (``.tgz``, ``.tar.xz``, ...).
 
     ``source``: a release (``"noble"``, ``"24.04"``; ``fmt``, ``arch``, ``stream``,
-    ``mirror`` pick the cloud image), an :class:`ImageSource`, a URL, a local
-    archive, a rootfs directory (copied; customised in place with ``in_place=True``)
-    or ``"bootstrap:SUITE"`` (mmdebstrap from ``mirror``, default the host's).
+    ``mirror`` pick the cloud image; ``keyring`` verifies its SHA256SUMS.gpg), an
+    :class:`ImageSource`, a URL (with ``sha256=`` or ``sums_url=``, or ``verify="none"``),
+    a local archive, a rootfs directory (copied; customised in place with
+    ``in_place=True``) or ``"bootstrap:SUITE"`` (mmdebstrap ``variant`` from ``mirror``,
+    default the host's apt mirror; ``keyring`` for a foreign distribution).
 
     Customisation runs in one :class:`Chroot` session, in this order: apt sources
     (one-line ``"[deb] [signed-by=KEY] URI SUITE COMPONENT..."``, ``apt_key`` for those
@@ -161,7 +163,7 @@ def build(
                                             stream=stream, mirror=mirror)
                 plan = _resolve.Plan("image", image.url, image)
             compression, filetype = output_format(out)
-            up = _check_upload(upload, plan, filetype)
+            up = _check_upload(upload, plan)
             custom.check()
             _check_dirs(plan, out, kept, in_place)
     except Exception as e:
@@ -175,7 +177,7 @@ def build(
             root = _materialise(plan, work, kept, steps, in_place=in_place, progress=progress,
                                 arch=arch, mirror=mirror,
                                 keyring=keyring, verify=verify, sha256=sha256,
-                                cache_dir=cache_dir, variant=variant)
+                                sums_url=sums_url, cache_dir=cache_dir, variant=variant)
             if custom.wanted():
                 customise(root, custom, steps, network=network, progress=progress)
             report = None
@@ -230,7 +232,7 @@ class _Steps:
 def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Steps, *,
                  in_place: bool, progress: bool | None, arch: str | None,
                  mirror: str | None, keyring: str | os.PathLike[str] | None,
-                 verify: Verify | None, sha256: str | None,
+                 verify: Verify | None, sha256: str | None, sums_url: str | None,
                  cache_dir: str | os.PathLike[str] | None, variant: str) -> Path:
     """Turn the source into a rootfs directory; return it."""
     if plan.kind == "directory" and in_place:
@@ -248,17 +250,18 @@ def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Ste
             _resolve.copy_tree(plan.value, root)
         return root
     path: str | os.PathLike[str] = plan.value
-    if plan.kind in ("image", "url"):
+    if plan.kind in ("image", "url") or sha256 or sums_url:
+        # a local archive is only "fetched" to verify it against sha256= / sums_url=
         with steps("fetch"):
             src = plan.image if plan.image is not None else plan.value
-            path = _fetch(src, cache_dir=cache_dir, verify=verify,
-                          keyring=keyring, sha256=sha256, progress=progress)
+            path = _fetch(src, cache_dir=cache_dir, verify=verify, keyring=keyring,
+                          sha256=sha256, sums_url=sums_url, progress=progress)
     with steps("extract"):
         archive.extract(path, root, progress=progress)
     return root
 
 
-def output_format(out: Path) -> tuple[str, str | None]:
+def output_format(out: Path) -> tuple[str, str]:
     name = out.name.lower()
     for suffix, fmt in sorted(OUTPUT_FORMATS.items(), key=lambda kv: -len(kv[0])):
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -268,15 +271,12 @@ def output_format(out: Path) -> tuple[str, str | None]:
                                       ".tar.xz or .tar.bz2")
 
 
-def _check_upload(upload: Upload | Mapping[str, Any] | None, plan: _resolve.Plan,
-                  filetype: str | None) -> Upload | None:
+def _check_upload(upload: Upload | Mapping[str, Any] | None,
+                  plan: _resolve.Plan) -> Upload | None:
     if upload is None:
         return None
     up = upload if isinstance(upload, Upload) else Upload(**dict(upload))
     name = maas.validate_name(up.name)
-    if filetype is None and up.filetype is None:
-        raise ArchiveError("MAAS cannot deploy a zstd tarball", path=up.name,
-                           hint="name the output .tgz to upload it")
     base = up.base_image
     if base is None:
         base = _ubuntu_base(plan)

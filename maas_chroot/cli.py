@@ -130,7 +130,8 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, object]:
         workdir=args.workdir, keep_rootfs=args.keep_rootfs, in_place=args.in_place,
         progress=args.progress, arch=args.arch, fmt=args.fmt, stream=args.stream,
         mirror=args.mirror, keyring=args.keyring, verify=args.verify, sha256=args.sha256,
-        cache_dir=args.cache_dir, variant=args.variant, level=args.level, upload=None,
+        sums_url=args.sums_url, cache_dir=args.cache_dir, variant=args.variant,
+        level=args.level, upload=None,
     )
     if args.name:
         # validate the name before anything touches the network or the disk
@@ -157,8 +158,8 @@ def _fetch_verb(args: argparse.Namespace) -> int:
     else:
         raise MaasChrootError(f"nothing to fetch for {plan.describe()}",
                               hint="fetch takes a release, a URL or a local file")
-    path = fetch(src, cache_dir=args.cache_dir, verify=args.verify,
-                 keyring=args.keyring, sha256=args.sha256, progress=args.progress)
+    path = fetch(src, cache_dir=args.cache_dir, verify=args.verify, keyring=args.keyring,
+                 sha256=args.sha256, sums_url=args.sums_url, progress=args.progress)
     print(os.fspath(path))
     return 0
 

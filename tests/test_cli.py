@@ -141,8 +141,7 @@ def test_usage_error_is_one_line_and_exit_1() -> None:
 @pytest.mark.root
 def test_bad_source_is_one_clear_line(tmp_path: Path) -> None:
     proc = run_cli("build", str(tmp_path / "missing.tar.xz"), "-o", str(tmp_path / "o.tgz"))
-    line = assert_one_clear_error(proc, "image source not found", "missing.tar.xz")
-    assert "check" in line
+    assert_one_clear_error(proc, "image source not found", "missing.tar.xz")
     proc = run_cli("build", "no-such-release", "-o", str(tmp_path / "o.tgz"))
     assert_one_clear_error(proc, "no-such-release")
     assert list(tmp_path.iterdir()) == []
