@@ -207,36 +207,10 @@ class _Scrub:
     def rewrite(self, path: str, data: str, st: os.stat_result, *, mode: int | None = None) -> None:
         """Atomically replace ``path`` (a file or a link, never followed) with a regular file."""
         new = data.encode()
-        with self.parent(path) as p:
-            if p is None:
-                return
-            dfd, name = p
-            tmp = f".{name}.sysprep-{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=dfd)
-            try:
-                try:
-                    os.write(fd, new)
-                    os.fchown(fd, st.st_uid, st.st_gid)
-                    os.fchmod(fd, stat.S_IMODE(st.st_mode) if mode is None else mode)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
-                raise
+        rootfs.write_file(self.root, path, new, uid=st.st_uid, gid=st.st_gid, mkdirs=False,
+                          mode=stat.S_IMODE(st.st_mode) if mode is None else mode)
         freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
         self._add(path, "rewritten", max(0, freed - len(new)))
-
-    def lstat(self, path: str) -> os.stat_result | None:
-        with self.parent(path) as p:
-            if p is None:
-                return None
-            try:
-                return os.stat(p[1], dir_fd=p[0], follow_symlinks=False)
-            except FileNotFoundError:
-                return None
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists, symlinks resolved inside the root (as the image sees it)."""
@@ -280,14 +254,14 @@ def _du(dfd: int) -> int:
 
 
 def _machine_id(s: _Scrub) -> None:
-    st = s.lstat("/etc/machine-id")
+    st = rootfs.lstat(s.root, "/etc/machine-id")
     if st is not None and stat.S_ISLNK(st.st_mode):
         # Never truncate through a link: put an empty file in its place.
         s.rewrite("/etc/machine-id", "", st, mode=0o444)
         s.notes.append("/etc/machine-id was a symlink: replaced by an empty file")
     else:
         s.truncate("/etc/machine-id")
-    st = s.lstat("/var/lib/dbus/machine-id")
+    st = rootfs.lstat(s.root, "/var/lib/dbus/machine-id")
     if st is not None and stat.S_ISREG(st.st_mode):  # a link to /etc/machine-id stays
         s.remove("/var/lib/dbus/machine-id")
 
