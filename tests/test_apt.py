@@ -336,6 +336,14 @@ def test_update_install_remove_purge_autoremove(shared: Path) -> None:
             assert ch.run(["tree", "--version"], capture=True).stdout.startswith("tree v")
             assert _status(ch, "jq", "tree", "libjq1") == {"jq": "ii", "tree": "ii",
                                                            "libjq1": "ii"}
+            ch.apt.upgrade(dist=True, progress=False)
+            ch.apt.hold(["jq"])
+            assert ch.run(["apt-mark", "showhold"], capture=True).stdout == "jq\n"
+            ch.apt.unhold(["jq"])
+            assert ch.run(["apt-mark", "showhold"], capture=True).stdout == ""
+            ch.apt.debconf_set(["tzdata tzdata/Areas select Etc"])
+            config = (shared / "var/cache/debconf/config.dat").read_text()
+            assert "Name: tzdata/Areas\nTemplate: tzdata/Areas\nValue: Etc\n" in config
 
             ch.apt.remove(["jq", "tree"], purge=True, progress=False)
             st = _status(ch, "jq", "tree", "libjq1", "libonig5")
