@@ -64,7 +64,7 @@ def _snapshot(top: Path) -> list[tuple[str, bytes | str]]:
         for n in sorted(dirnames + filenames):
             p = os.path.join(dirpath, n)
             out.append((p, os.readlink(p) if os.path.islink(p) else
-                        (open(p, "rb").read() if os.path.isfile(p) else b"")))
+                        (Path(p).read_bytes() if os.path.isfile(p) else b"")))
     return sorted(out)
 
 
@@ -105,6 +105,10 @@ CASES: dict[str, tuple[Callable[[Path], list[tuple[tarfile.TarInfo, bytes | None
         lambda t: [_symlink("evil", f"{t}/outside"), _hardlink("alias", "evil"),
                    _file("alias/victim")], "alias/victim"),
     "root replaced by a symlink": (lambda t: [_symlink(".", f"{t}/outside")], "."),
+    "directory replaced by a symlink": (
+        lambda t: [_dir("d"), _symlink("d", f"{t}/outside")], "d"),
+    "directory replaced by a hardlink to a symlink": (
+        lambda t: [_symlink("evil", f"{t}/outside"), _dir("d"), _hardlink("d", "evil")], "d"),
 }
 
 
@@ -138,3 +142,24 @@ def test_safe_links_inside_are_fine(arena: Path) -> None:
     assert os.path.samefile(dest / "usr/bin/x", dest / "usr/bin/y")
     assert not (dest / "s").is_symlink()
     assert (dest / "s").read_bytes() == b"a file replaces the symlink, not through it"
+
+
+def test_members_replacing_symlinks_never_touch_their_targets(arena: Path) -> None:
+    outside = arena / "outside"
+    os.chmod(outside, 0o755)
+    os.utime(outside / "victim", (1, 1))
+    before = (_snapshot(outside), os.stat(outside).st_mode, os.stat(outside / "victim"))
+    d = _dir("evil")
+    d[0].mode, d[0].mtime = 0o777, 0
+    f = _file("victim-link", b"new content\n")
+    f[0].mode = 0o777
+    src = _tar(arena / "ok.tar", [
+        _symlink("evil", str(outside)), d,
+        _symlink("victim-link", str(outside / "victim")), f,
+    ])
+    dest = archive.extract(src, arena / "work" / "dest")
+    assert (dest / "evil").is_dir() and not (dest / "evil").is_symlink()
+    assert oct((dest / "evil").stat().st_mode) == oct(0o40777)
+    assert (dest / "victim-link").read_bytes() == b"new content\n"
+    after = (_snapshot(outside), os.stat(outside).st_mode, os.stat(outside / "victim"))
+    assert after == before
