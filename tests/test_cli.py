@@ -313,3 +313,37 @@ def test_missing_package_fails_naming_the_step_with_apts_error(minbase_tar: Path
         assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
     finally:
         rootfs.remove_tree(keep)
+
+
+@pytest.mark.root
+@pytest.mark.network
+@pytest.mark.slow
+def test_seed_procedure_against_a_local_cloud_images_site(minbase_tar: Path,
+                                                          tmp_path: Path) -> None:
+    """The seed one-liner, verbatim but for emacs-nox (large) and the site's mirror and key:
+    release -> signed SHA256SUMS -> root.tar.xz -> upgrade + install -> TGZ -> MAAS."""
+    from tests.cloudimages import serve_cloud_images
+
+    argv = shlex.split(SEED.replace("--install emacs-nox ", ""))
+    with serve_cloud_images(tmp_path, rootfs_tar=minbase_tar, releases=("focal",),
+                            formats=("root.tar.xz",)) as site, serve(tmp_path / "maas") as fake:
+        proc = run_cli(*argv, "--mirror", site.mirror, "--keyring", str(site.keyring),
+                       "--cache-dir", str(tmp_path / "cache"), "--workdir", str(tmp_path),
+                       "--no-progress", cwd=tmp_path,
+                       env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
+        assert proc.returncode == 0, proc.stderr
+        fetched = [e.path for e in site.log if e.status == 200]
+        assert any(p.endswith("/SHA256SUMS.gpg") for p in fetched), site.log.lines()
+        assert any(p.endswith("-root.tar.xz") for p in fetched), site.log.lines()
+        out = tmp_path / "focal-custom.tgz"
+        assert fake.path("custom/focal-custom").read_bytes() == out.read_bytes()
+        [res] = [r for r in fake.resources.values() if r.name == "focal-custom"]
+        assert res.title == "Ubuntu 20.04 Custom Image"
+        assert res.base_image == "ubuntu/focal"
+    steps = proc.stdout
+    for step in ("fetch", "extract", "update", "upgrade", "install", "sysprep", "pack",
+                 "upload"):
+        assert f"\n  {step} " in steps, steps
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    assert {"./usr/bin/jq", "./usr/bin/tree"} <= names
