@@ -174,4 +174,4 @@ def _lines(splitter: LineSplitter, data: bytes) -> Iterator[str]:
 def bar(progress: bool | None, desc: str) -> Any:
     """A percent bar for one apt command."""
     return _progress.bar(progress, total=100, desc=desc, unit="%",
-                         bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+                         bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]")

@@ -49,7 +49,8 @@ KEYRING_DIR = "/etc/apt/keyrings"
 SOURCES_DIR = "/etc/apt/sources.list.d"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what apt accepts in sources.list.d file names
-_ERROR_LINE = re.compile(r"^(E: |dpkg: error|dpkg: dependency problems|Errors were encountered)")
+_ERROR_LINE = re.compile(r"^(E: |W: GPG error|W: Failed to fetch|dpkg: error|"
+                         r"dpkg: dependency problems|Errors were encountered)")
 
 
 class ChrootLike(Protocol):
@@ -261,6 +262,9 @@ class Apt:
         if "Unable to locate package" in text or "has no installation candidate" in text:
             hint = ("check the package name and the image's apt sources; "
                     "run ch.apt.update() first if its package lists are empty")
+        elif "NO_PUBKEY" in text or "is not signed" in text:
+            hint = ("the repository is signed by a key the image does not have for it: pass "
+                    "its public key as add_source(..., key=)")
         elif "Could not get lock" in text:
             hint = "another apt or dpkg is running in this image; wait for it or kill it"
         elif "dpkg was interrupted" in text:

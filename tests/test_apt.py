@@ -382,8 +382,10 @@ def test_add_source_installs_from_a_signed_local_repository(shared: Path,
             ch.apt.add_source("mc-test", repo.url, repo.suite, repo.component, key=wrong.asc)
             with pytest.raises(CommandError) as err:
                 ch.apt.update(progress=False)
-            assert "NO_PUBKEY" in str(err.value) or "not signed" in str(err.value)
-            assert repo.url in str(err.value)
+            assert f"NO_PUBKEY {repo.key.fingerprint[-16:]}" in str(err.value)
+            assert f"The repository '{repo.url} {repo.suite} InRelease' is not signed" in \
+                   str(err.value)
+            assert err.value.hint and "key=" in err.value.hint
 
             assert ch.apt.add_source("mc-test", repo.url, repo.suite, repo.component,
                                      key=repo.key_asc) == src
