@@ -20,6 +20,15 @@ from . import run
 from .errors import ChrootError
 
 NSEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nsexec.py")
+# Import the helper as a top-level module (not as a script, which Python recompiles every
+# time, nor through the package, whose __init__ is heavy): start-up is per-command overhead.
+_BOOT = (f"import sys; sys.path.append({os.path.dirname(NSEXEC)!r}); import _nsexec; "
+         "sys.exit(_nsexec.main(sys.argv))")
+
+
+def helper_argv(*args: str) -> list[str]:
+    """The argv that starts the namespace helper (``_nsexec.py``) with ``args``."""
+    return [sys.executable or "python3", "-I", "-S", "-c", _BOOT, *args]
 
 
 def _pyroute2_path(root: str) -> str:
@@ -33,7 +42,7 @@ def _pyroute2_path(root: str) -> str:
 @contextlib.contextmanager
 def loopback_namespace(root: str) -> Iterator[int]:
     """Yield an fd (non-inheritable) to a fresh network namespace where only ``lo`` is up."""
-    argv = [sys.executable, "-I", "-S", NSEXEC, "netns", str(os.getpid()), _pyroute2_path(root)]
+    argv = helper_argv("netns", str(os.getpid()), _pyroute2_path(root))
     with run.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None

@@ -26,7 +26,6 @@ import shlex
 import signal
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -318,9 +317,10 @@ class Chroot:
         return self._stack
 
     def _helper(self, argv: list[str], status_fd: int | None) -> list[str]:
-        cmd = [sys.executable or "python3", "-I", "-S", NSEXEC, "run", str(os.getpid()),
-               str(self._root), "-" if self._netfd is None else str(self._netfd),
-               "-" if status_fd is None else str(status_fd), str(len(self.binds))]
+        cmd = _netns.helper_argv("run", str(os.getpid()), str(self._root),
+                                 "-" if self._netfd is None else str(self._netfd),
+                                 "-" if status_fd is None else str(status_fd),
+                                 str(len(self.binds)))
         for b in self.binds:
             cmd += [b.src, b.dst, "d" if os.path.isdir(b.src) else "f",
                     "ro" if b.readonly else "rw"]
