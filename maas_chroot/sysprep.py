@@ -273,6 +273,9 @@ def _cloud_init(s: _Scrub) -> None:
 
 
 def _fstab(s: _Scrub) -> None:
+    # curtin replaces /etc/fstab at deploy time with its own (a header plus the entries of
+    # the machine's storage layout), so entries in the image are never used; the cloud
+    # image's LABEL=cloudimg-rootfs line, or a build's own, only mislead. Comments stay out.
     found = s.read_regular("/etc/fstab")
     if found is None:
         return
@@ -404,7 +407,7 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
         warnings, kernels, cloud_init, netplan = _inspect(s)
     finally:
         os.close(rootfd)
-    notes = list(s.notes)
+    notes = list(dict.fromkeys(s.notes))  # one note per path, in order
     if not kernels:
         notes.append("no kernel is installed (no /boot/vmlinuz-*, no /lib/modules/*): "
                      "MAAS (curtin) installs one at deploy time")
