@@ -17,17 +17,15 @@ each can be skipped with ``keep=``. Safety rules, for every operation:
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fnmatch
 import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from . import progress as _progress
 from . import rootfs
+from ._scrub import Scrub
 from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport, human_size
 from .errors import ChrootBusyError, ChrootError, MaasChrootError
 
@@ -44,216 +42,10 @@ _ROOT_HOME = (".bash_history", ".cache", ".ssh", ".lesshst", ".python_history", 
               ".wget-hsts")
 
 
-class _Scrub:
-    """One sysprep run: an ``O_PATH`` fd on the root and the items and notes collected."""
-
-    def __init__(self, root: str, rootfd: int) -> None:
-        self.root = root
-        self.rootfd = rootfd
-        self.items: list[SysprepItem] = []
-        self.notes: list[str] = []
-
-    def _add(self, path: str, action: str, freed: int) -> None:
-        log.debug("sysprep: %s %s (%s)", action, path, human_size(freed))
-        self.items.append(SysprepItem(path, action, freed))
-
-    @contextlib.contextmanager
-    def parent(self, path: str) -> Iterator[tuple[int, str] | None]:
-        """``(dirfd, leaf)`` of ``path`` resolved in the root, or None if the parent is absent."""
-        parent, _, name = ("/" + path.strip("/")).rpartition("/")
-        try:
-            fd = rootfs.open_at(self.rootfd, parent or "/", os.O_PATH | os.O_DIRECTORY, 0)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                raise
-            if e.errno == errno.ELOOP:
-                self.notes.append(f"{parent}: too many levels of symlinks, left alone")
-            yield None
-            return
-        try:
-            yield fd, name
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def directory(self, path: str) -> Iterator[int | None]:
-        """An fd on the real directory ``path`` (never a symlink to one), or None."""
-        with self.parent(path) as p:
-            if p is None:
-                yield None
-                return
-            pfd, name = p
-            try:
-                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            except FileNotFoundError:
-                yield None
-                return
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(name, dir_fd=pfd)
-                self.notes.append(f"{path} is a symlink (-> {target}): not followed, left alone")
-                yield None
-                return
-            if not stat.S_ISDIR(st.st_mode):
-                yield None
-                return
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=pfd)
-            try:
-                yield fd
-            finally:
-                os.close(fd)
-
-    def remove_at(self, dfd: int, name: str, path: str) -> None:
-        """Remove the entry ``name`` of ``dfd`` (a file, a link, or a whole tree); record it."""
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=dfd)
-            try:
-                if os.fstat(fd).st_dev != os.fstat(dfd).st_dev:
-                    raise MaasChrootError(f"refusing to remove {path} in {self.root}: it is on "
-                                          "another filesystem (a mount?)",
-                                          hint=f"unmount {self.root}{path} first")
-                freed = _du(fd)
-                rootfs.clear_dir_at(fd, self.root + path)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=dfd)
-        else:
-            freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            os.unlink(name, dir_fd=dfd)
-        self._add(path, "removed", freed)
-
-    def remove(self, path: str) -> None:
-        with self.parent(path) as p:
-            if p is not None:
-                self.remove_at(p[0], p[1], path)
-
-    def remove_glob(self, dirpath: str, pattern: str = "*", *, exclude: Iterable[str] = ()) -> None:
-        """Remove the entries of the directory ``dirpath`` that match ``pattern``."""
-        skip = set(exclude)
-        with self.directory(dirpath) as dfd:
-            if dfd is None:
-                return
-            for name in sorted(os.listdir(dfd)):
-                if name not in skip and fnmatch.fnmatchcase(name, pattern):
-                    self.remove_at(dfd, name, f"{dirpath.rstrip('/')}/{name}")
-
-    def truncate_at(self, dfd: int, name: str, path: str) -> None:
-        """Empty the regular file ``name`` of ``dfd`` (keeping it, its owner and mode)."""
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-            return
-        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dfd)
-        try:
-            now = os.fstat(fd)
-            if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino:
-                return  # replaced under us: leave it
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
-        self._add(path, "truncated", now.st_size)
-
-    def truncate(self, path: str) -> None:
-        with self.parent(path) as p:
-            if p is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self.truncate_at(p[0], p[1], path)
-
-    def truncate_tree(self, dirpath: str) -> None:
-        """Truncate every regular file below ``dirpath``; symlinks and other mounts are skipped."""
-        with self.directory(dirpath) as dfd:
-            if dfd is not None:
-                self._truncate_tree(dfd, dirpath.rstrip("/"))
-
-    def _truncate_tree(self, dfd: int, where: str) -> None:
-        dev = os.fstat(dfd).st_dev
-        for name in sorted(os.listdir(dfd)):
-            path = f"{where}/{name}"
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                self.truncate_at(dfd, name, path)
-            elif stat.S_ISDIR(st.st_mode):
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=dfd)
-                try:
-                    if os.fstat(fd).st_dev != dev:
-                        self.notes.append(f"{path} is another filesystem: left alone")
-                        continue
-                    self._truncate_tree(fd, path)
-                finally:
-                    os.close(fd)
-
-    def read_regular(self, path: str) -> tuple[bytes, os.stat_result] | None:
-        """The bytes of ``path`` if it is a regular file (a symlink is not followed), else None."""
-        with self.parent(path) as p:
-            if p is None:
-                return None
-            try:
-                fd = os.open(p[1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=p[0])
-            except OSError as e:
-                if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
-                    return None
-                raise
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(f.fileno())
-                return (f.read(), st) if stat.S_ISREG(st.st_mode) else None
-
-    def rewrite(self, path: str, data: str, st: os.stat_result, *, mode: int | None = None) -> None:
-        """Atomically replace ``path`` (a file or a link, never followed) with a regular file."""
-        new = data.encode()
-        rootfs.write_file(self.root, path, new, uid=st.st_uid, gid=st.st_gid, mkdirs=False,
-                          mode=stat.S_IMODE(st.st_mode) if mode is None else mode)
-        freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
-        self._add(path, "rewritten", max(0, freed - len(new)))
-
-    def exists(self, path: str) -> bool:
-        """Whether ``path`` exists, symlinks resolved inside the root (as the image sees it)."""
-        try:
-            os.close(rootfs.open_at(self.rootfd, path, os.O_PATH, 0))
-        except OSError:
-            return False
-        return True
-
-    def listdir(self, path: str) -> list[str]:
-        try:
-            fd = rootfs.open_at(self.rootfd, path, os.O_RDONLY | os.O_DIRECTORY, 0)
-        except OSError:
-            return []
-        try:
-            return sorted(os.listdir(fd))
-        finally:
-            os.close(fd)
-
-
-def _du(dfd: int) -> int:
-    """Apparent size of the regular files below the open directory ``dfd`` (no symlinks)."""
-    total = 0
-    with os.scandir(dfd) as it:
-        entries = list(it)
-    for entry in entries:
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISREG(st.st_mode):
-            total += st.st_size
-        elif stat.S_ISDIR(st.st_mode):
-            fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=dfd)
-            try:
-                total += _du(fd)
-            finally:
-                os.close(fd)
-    return total
-
-
 # --- the operations ----------------------------------------------------------------------
 
 
-def _machine_id(s: _Scrub) -> None:
+def _machine_id(s: Scrub) -> None:
     st = rootfs.lstat(s.root, "/etc/machine-id")
     if st is not None and stat.S_ISLNK(st.st_mode):
         # Never truncate through a link: put an empty file in its place.
@@ -266,13 +58,13 @@ def _machine_id(s: _Scrub) -> None:
         s.remove("/var/lib/dbus/machine-id")
 
 
-def _cloud_init(s: _Scrub) -> None:
+def _cloud_init(s: Scrub) -> None:
     for name in ("instance", "instances", "data", "sem"):
         s.remove(f"/var/lib/cloud/{name}")
     s.remove_glob("/var/log", "cloud-init*.log")
 
 
-def _fstab(s: _Scrub) -> None:
+def _fstab(s: Scrub) -> None:
     # curtin replaces /etc/fstab at deploy time with its own (a header plus the entries of
     # the machine's storage layout), so entries in the image are never used; the cloud
     # image's LABEL=cloudimg-rootfs line, or a build's own, only mislead. Comments stay out.
@@ -284,7 +76,7 @@ def _fstab(s: _Scrub) -> None:
         s.rewrite("/etc/fstab", FSTAB_HEADER, found[1])
 
 
-def _apt_proxy(s: _Scrub) -> None:
+def _apt_proxy(s: Scrub) -> None:
     paths = ["/etc/apt/apt.conf"]
     paths += [f"/etc/apt/apt.conf.d/{n}" for n in s.listdir("/etc/apt/apt.conf.d")]
     for path in paths:
@@ -303,28 +95,28 @@ def _apt_proxy(s: _Scrub) -> None:
             s.remove(path)
 
 
-def _apt_lists(s: _Scrub) -> None:
+def _apt_lists(s: Scrub) -> None:
     s.remove_glob("/var/lib/apt/lists", exclude=("partial", "lock"))
     s.remove_glob("/var/lib/apt/lists/partial")
 
 
-def _apt_cache(s: _Scrub) -> None:
+def _apt_cache(s: Scrub) -> None:
     s.remove_glob("/var/cache/apt/archives", "*.deb")
     s.remove_glob("/var/cache/apt/archives/partial")
     s.remove_glob("/var/cache/apt", "*.bin")
 
 
-def _tmp(s: _Scrub) -> None:
+def _tmp(s: Scrub) -> None:
     s.remove_glob("/tmp")
     s.remove_glob("/var/tmp")
 
 
-def _root_home(s: _Scrub) -> None:
+def _root_home(s: Scrub) -> None:
     for name in _ROOT_HOME:
         s.remove(f"/root/{name}")
 
 
-_OPS: dict[str, Callable[[_Scrub], None]] = {
+_OPS: dict[str, Callable[[Scrub], None]] = {
     "machine-id": _machine_id,
     "cloud-init": _cloud_init,
     "netplan": lambda s: s.remove("/etc/netplan/50-cloud-init.yaml"),
@@ -343,7 +135,7 @@ _OPS: dict[str, Callable[[_Scrub], None]] = {
 OPERATIONS: tuple[str, ...] = tuple(_OPS)
 
 
-def _inspect(s: _Scrub) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
+def _inspect(s: Scrub) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
     """(warnings, kernels, has cloud-init, has netplan): what MAAS needs from the image."""
     warnings = []
     cloud_init = any(s.exists(p) for p in ("/usr/bin/cloud-init", "/bin/cloud-init"))
@@ -392,7 +184,7 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
     _check_root(top)
     rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        s = _Scrub(top, rootfd)
+        s = Scrub(top, rootfd)
         results = []
         with _progress.bar(progress, total=len(OPERATIONS), desc="sysprep", unit="op") as bar:
             for name in OPERATIONS:
