@@ -436,12 +436,47 @@ def test_second_concurrent_session_is_refused(shared_root: Path) -> None:
 
 def test_callbacks_run_at_exit_in_reverse(shared_root: Path) -> None:
     calls: list[int] = []
+    handler = signal.getsignal(signal.SIGTERM)
     with mc.Chroot(shared_root) as ch:
+        assert signal.getsignal(signal.SIGTERM) is not handler  # SIGTERM now unwinds
         ch.callback(calls.append, 1)
         ch.callback(calls.append, 2)
     assert calls == [2, 1]
+    assert signal.getsignal(signal.SIGTERM) is handler
     with pytest.raises(mc.ChrootError, match="not active"):
         ch.run(["true"])
+
+
+def test_missing_mount_points_are_made_for_the_session_only(shared_root: Path) -> None:
+    os.rmdir(shared_root / "proc")
+    os.rename(shared_root / "run", shared_root / "run.orig")
+    try:
+        before = tree(shared_root)
+        with mc.Chroot(shared_root) as ch:
+            assert ch.run(["cat", "/proc/self/comm"], capture=True).stdout == "cat\n"
+            ch.run(["test", "-d", "/run/lock"])
+        _assert_clean(shared_root, before)
+        assert not (shared_root / "proc").exists() and not (shared_root / "run").exists()
+    finally:
+        (shared_root / "proc").mkdir(exist_ok=True)
+        os.rename(shared_root / "run.orig", shared_root / "run")
+
+
+def test_a_half_finished_enter_unwinds(shared_root: Path) -> None:
+    os.rmdir(shared_root / "proc")  # so __enter__ makes a mount point before it fails
+    os.rename(shared_root / "usr/sbin", shared_root / "usr/sbin.orig")
+    (shared_root / "usr/sbin").symlink_to("/nonexistent")  # policy-rc.d cannot be placed
+    try:
+        before = tree(shared_root)
+        for _ in range(2):  # the second attempt is refused the same way: lock released
+            with pytest.raises(mc.UnsafePathError):
+                mc.Chroot(shared_root).__enter__()
+            assert tree(shared_root) == before
+            assert not (shared_root / rootfs.JOURNAL_NAME).exists()
+    finally:
+        (shared_root / "usr/sbin").unlink()
+        os.rename(shared_root / "usr/sbin.orig", shared_root / "usr/sbin")
+        (shared_root / "proc").mkdir(exist_ok=True)
 
 
 # --- binds and network ----------------------------------------------------------------------
