@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -22,11 +23,11 @@ import pytest
 from aptrepo import DebSpec, make_deb, make_key, serve_proxy, serve_repo
 from conftest import gnu_extract
 
-from maas_chroot import Chroot, hostapt, rootfs, sysprep
+from maas_chroot import Chroot, hostapt, recover, rootfs, sysprep
 from maas_chroot import _aptprogress as ap
 from maas_chroot import run as _run
 from maas_chroot.apt import APT_ENV, PROXY_FILE, Apt, AptResult
-from maas_chroot.errors import CommandError, MaasChrootError
+from maas_chroot.errors import ChrootBusyError, CommandError, MaasChrootError
 
 # --- Status-Fd parsing -------------------------------------------------------------------
 
@@ -440,12 +441,36 @@ def test_build_proxy_is_used_then_gone(shared: Path, tmp_path: Path) -> None:
         _restore(shared, files=[src, key])
 
 
-@pytest.mark.root
-def test_kept_proxy_stays_until_sysprep(tmp_path: Path) -> None:
+def _bare_root(tmp_path: Path) -> Path:
     root = tmp_path / "img"  # enough of a rootfs for a session that runs no command
     for d in ("usr/sbin", "etc/apt/apt.conf.d", "bin"):
         (root / d).mkdir(parents=True)
     (root / "bin/sh").touch()
+    return root
+
+
+@pytest.mark.root
+def test_proxy_of_a_killed_session_is_removed_by_recover(tmp_path: Path) -> None:
+    root = _bare_root(tmp_path)
+    code = ("import os, signal, sys\nfrom maas_chroot import Chroot\n"
+            "with Chroot(sys.argv[1]) as ch:\n"
+            "    ch.apt.set_proxy('http://127.0.0.1:9')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(root)], check=False,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == -9
+    assert (root / PROXY_FILE.lstrip("/")).exists()  # the killed session left it behind
+    with pytest.raises(ChrootBusyError, match="recover"):
+        sysprep(root, progress=False)  # sysprep will not scrub a root with a journal
+    report = recover(root)
+    assert report is not None
+    assert not os.path.lexists(root / PROXY_FILE.lstrip("/"))
+    assert sysprep(root, progress=False).paths("apt-proxy") == ()
+
+
+@pytest.mark.root
+def test_kept_proxy_stays_until_sysprep(tmp_path: Path) -> None:
+    root = _bare_root(tmp_path)
     with Chroot(root) as ch:
         ch.apt.set_proxy("http://127.0.0.1:9", keep=True)
     assert 'Proxy "http://127.0.0.1:9"' in (root / PROXY_FILE.lstrip("/")).read_text()
