@@ -14,6 +14,14 @@ all given on the command line so nothing of it ships in the image. apt's
 ``APT::Status-Fd`` feeds a tqdm bar; apt's and dpkg's own output goes to
 logging at debug level, and into :class:`~maas_chroot.CommandError` (with apt's
 ``E:`` lines in the message) when the command fails.
+
+A host directory shared as the archive cache makes repeated builds of the same
+package set download nothing::
+
+    with mc.Chroot(root, binds={"/var/cache/maas-chroot/debs": "/var/cache/apt/archives"}) as ch:
+
+(apt inside makes its ``partial/`` owned by the image's ``_apt`` user: give the
+cache its own host directory, not the host's own ``/var/cache/apt/archives``.)
 """
 
 from __future__ import annotations
@@ -122,6 +130,8 @@ class Apt:
 
         Local files are copied into a temporary directory in the image, installed
         with apt (so their dependencies come from the archive), and removed.
+        ``recommends=False`` adds ``--no-install-recommends``; the default follows
+        the image's apt configuration (which installs them unless told otherwise).
         """
         names, debs = _split_packages(pkgs)
         if not names and not debs:
