@@ -353,6 +353,31 @@ def test_last_chunk_lost_after_store_is_checked_complete(tmp_path: Path) -> None
     assert res.complete
 
 
+def test_gives_up_after_repeated_failures_without_resending(tmp_path: Path) -> None:
+    image = tmp_path / "img.bin"
+    image.write_bytes(os.urandom(5 * 4 * MiB))
+    faults = dict.fromkeys(range(4), "drop_after_store")
+    with serve(tmp_path / "maas", faults=faults) as fake:
+        with pytest.raises(MaasApiError, match="gave up after 4 failed chunks") as e:
+            client(fake).upload(image, name="custom/flaky", filetype="ddraw", progress=False)
+        assert [x.method for x in fake.log] == ["POST"] + ["PUT", "GET"] * 4
+        assert fake.file_of("flaky").stored == 16 * MiB      # each chunk stored once
+    assert "boot-resource delete" in str(e.value)
+
+
+def test_pack_result_of_a_changed_file_is_refused(fake: FakeMaas, tmp_path: Path) -> None:
+    @dataclass(frozen=True)
+    class PackResult:
+        path: Path
+        size: int
+        sha256: str
+
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with pytest.raises(MaasApiError, match="changed since it was packed"):
+        client(fake).upload(PackResult(image, 5, "0" * 64), name="custom/x", progress=False)
+    assert fake.log == []
+
+
 # --- profiles and environment ------------------------------------------------------------
 
 def _profile_db(path: Path, name: str, url: str, credentials: object) -> Path:
