@@ -27,18 +27,21 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from . import _journal, _netns, rootfs
+from . import _checks, _copyin, _journal, _netns, rootfs
 from . import run as _run
-from .errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError, UnsafePathError
+from ._checks import Bind, Binds
+from .errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError
 
 if TYPE_CHECKING:
     from .apt import Apt
+
+__all__ = ["Bind", "Chroot", "RecoverReport", "Terminated", "recover"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +56,6 @@ CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8", "PATH": _r
               "SYSTEMD_OFFLINE": "1", "HOME": "/root"}
 
 Network = Literal["host", "none"]
-
-
-@dataclass(frozen=True)
-class Bind:
-    """An extra bind mount for every command of a session: host ``src`` on chroot ``dst``."""
-
-    src: str
-    dst: str
-    readonly: bool = False
-
-
-BindValue = str | tuple[str, str] | Bind
-Binds = Mapping[str | os.PathLike[str], BindValue] | Iterable[Bind] | None
 
 
 @dataclass(frozen=True)
@@ -85,91 +75,6 @@ class Terminated(SystemExit):
     """SIGTERM arrived during a session; raised so the session unwinds (exit status 143)."""
 
 
-def _inroot(path: str | os.PathLike[str]) -> str:
-    p = os.fspath(path)
-    if not p.startswith("/"):
-        raise UnsafePathError(f"paths inside the chroot must be absolute: {p!r}", root="/",
-                              hint=f"write /{p}")
-    return p
-
-
-def check_root(root: str | os.PathLike[str]) -> Path:
-    """Validate that ``root`` is a Linux rootfs directory (never ``/``); return its real path."""
-    given = os.fspath(root)
-    if not os.path.isdir(given):
-        what = "does not exist" if not os.path.lexists(given) else "is not a directory"
-        raise ChrootError(f"chroot root {given} {what}", root=given,
-                          hint="extract an image there first (mc.extract)")
-    real = os.path.realpath(given)
-    if real == "/" or os.path.samefile(real, "/"):
-        raise ChrootError(f"refusing to use the host's / ({given}) as a chroot root", root=given,
-                          hint="extract the image into its own directory")
-    problems = [p for p in ("/usr", "/etc") if not _is_dir_in(real, p)]
-    try:
-        os.close(rootfs.open_in_root(real, "/bin/sh", os.O_PATH))
-    except OSError:
-        problems.append("/bin/sh")
-    if problems:
-        raise ChrootError(f"{given} does not look like a Linux root filesystem "
-                          f"(missing {', '.join(problems)})", root=given,
-                          hint="point at the top of an extracted image (it has usr/, etc/, bin/sh)")
-    return Path(real)
-
-
-def _is_dir_in(root: str, path: str) -> bool:
-    try:
-        os.close(rootfs.open_in_root(root, path, os.O_PATH | os.O_DIRECTORY))
-        return True
-    except OSError:
-        return False
-
-
-def _normalize_binds(binds: Binds, root: str) -> tuple[Bind, ...]:
-    if binds is None:
-        return ()
-    items: list[Bind] = []
-    if isinstance(binds, Mapping):
-        for src, value in binds.items():
-            if isinstance(value, Bind):
-                items.append(value)
-            elif isinstance(value, str):
-                items.append(Bind(os.fspath(src), value))
-            elif isinstance(value, tuple) and len(value) == 2 and value[1] in ("ro", "rw"):
-                items.append(Bind(os.fspath(src), value[0], readonly=value[1] == "ro"))
-            else:
-                raise ChrootError(f"bad bind for {os.fspath(src)}: {value!r}", root=root,
-                                  hint='use {src: dst}, {src: (dst, "ro")} or Bind(src, dst)')
-    else:
-        items = [b if isinstance(b, Bind) else _bad_bind(b, root) for b in binds]
-    out = []
-    for b in items:
-        src = os.path.abspath(os.fspath(b.src))
-        if not os.path.exists(src):
-            raise ChrootError(f"bind source {src} does not exist", root=root,
-                              hint="create it on the host first")
-        dst = "/" + "/".join(c for c in os.fspath(b.dst).split("/") if c not in ("", "."))
-        if not os.fspath(b.dst).startswith("/") or ".." in dst.split("/"):
-            raise UnsafePathError(f"bind target must be an absolute path without '..': {b.dst!r}",
-                                  root=root, hint="name the directory as seen inside the chroot")
-        if dst == "/" or dst.split("/")[1] in ("proc", "sys", "dev"):
-            raise ChrootError(f"cannot bind onto {dst} inside the chroot", root=root,
-                              hint="/, /proc, /sys and /dev are managed by the session")
-        out.append(Bind(src, dst, b.readonly))
-    return tuple(out)
-
-
-def _bad_bind(value: object, root: str) -> Bind:
-    raise ChrootError(f"bad bind {value!r}", root=root, hint="pass Bind(src, dst) objects")
-
-
-def _exists_in(root: str, path: str) -> bool:
-    try:
-        os.close(rootfs.open_in_root(root, path, os.O_PATH))
-        return True
-    except FileNotFoundError:
-        return False
-
-
 class Chroot:
     """A session on an extracted rootfs. Use it as a context manager.
 
@@ -184,12 +89,12 @@ class Chroot:
         if os.geteuid() != 0:
             raise PrivilegeError("a chroot session needs root (namespaces, mounts, chroot)",
                                  hint="run as root, e.g. with sudo")
-        self._root = check_root(root)
+        self._root = _checks.check_root(root)
         if network not in ("host", "none"):
             raise ChrootError(f"unknown network mode {network!r}", root=self._root,
                               hint='use network="host" or network="none"')
         self.network: Network = network
-        self.binds = _normalize_binds(binds, str(self._root))
+        self.binds = _checks.normalize_binds(binds, str(self._root))
         self._recover = recover
         self._stack: contextlib.ExitStack | None = None
         self._journal: _journal.Journal | None = None
@@ -278,7 +183,7 @@ class Chroot:
         parts = [c for c in path.split("/") if c]
         for i in range(len(parts)):
             sub = "/" + "/".join(parts[: i + 1])
-            if _exists_in(str(self._root), sub):
+            if _checks.exists_in(str(self._root), sub):
                 continue
             last = i == len(parts) - 1
             action: dict[str, object] = {"op": "mkdir" if directory or not last else "file",
@@ -403,7 +308,7 @@ class Chroot:
         """An interactive shell (or ``argv``) on the caller's terminal; returns its exit code."""
         self._active()
         if argv is None:
-            bash = _exists_in(str(self._root), "/bin/bash")
+            bash = _checks.exists_in(str(self._root), "/bin/bash")
             argv = ["/bin/bash", "--login"] if bash else ["/bin/sh", "-l"]
         args = _argv(argv)
         main = threading.current_thread() is threading.main_thread()
@@ -422,18 +327,18 @@ class Chroot:
                    uid: int = 0, gid: int = 0) -> None:
         """Create or replace ``path`` in the image (resolved inside the root, atomically)."""
         self._active()
-        rootfs.write_file(str(self._root), _inroot(path), data, mode=mode, uid=uid, gid=gid)
+        rootfs.write_file(str(self._root), _checks.inroot(path), data, mode=mode, uid=uid, gid=gid)
 
     def copy_in(self, host_src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                 mode: int | None = None) -> None:
         """Copy a host file or directory tree to ``dest`` in the image (root-owned)."""
         self._active()
-        src, dst = os.fspath(host_src), _inroot(dest)
+        src, dst = os.fspath(host_src), _checks.inroot(dest)
         st = os.stat(src)
         if stat.S_ISDIR(st.st_mode):
-            _copy_tree(str(self._root), src, dst)
+            _copyin.copy_tree(str(self._root), src, dst)
         elif stat.S_ISREG(st.st_mode):
-            _copy_file(str(self._root), src, dst,
+            _copyin.copy_file(str(self._root), src, dst,
                        stat.S_IMODE(st.st_mode) if mode is None else mode)
         else:
             raise ChrootError(f"cannot copy {src}: not a regular file or directory",
@@ -448,7 +353,7 @@ class Chroot:
         """
         stack = self._active()
         assert self._journal is not None
-        p = _inroot(path)
+        p = _checks.inroot(path)
         root = str(self._root)
         if p not in self._swapped:
             entry = rootfs.snapshot(root, p)
@@ -477,46 +382,6 @@ def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
     if not argv:
         raise ValueError("argv must not be empty")
     return [os.fspath(a) for a in argv]
-
-
-def _copy_file(root: str, src: str, dest: str, mode: int) -> None:
-    with rootfs.parent_dir(root, dest, create=True) as (dfd, name):
-        tmp = f".{name}.maas-chroot-{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dfd)
-        try:
-            try:
-                with open(src, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view):]
-                os.fchown(fd, 0, 0)
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
-
-
-def _copy_tree(root: str, src: str, dest: str) -> None:
-    rootfs.makedirs(root, dest, mode=stat.S_IMODE(os.stat(src).st_mode))
-    with os.scandir(src) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        target = f"{dest.rstrip('/')}/{e.name}"
-        if e.is_symlink():
-            rootfs.symlink(root, target, os.readlink(e.path))
-        elif e.is_dir(follow_symlinks=False):
-            _copy_tree(root, e.path, target)
-        elif e.is_file(follow_symlinks=False):
-            _copy_file(root, e.path, target, stat.S_IMODE(e.stat(follow_symlinks=False).st_mode))
-        else:
-            raise ChrootError(f"cannot copy {e.path}: not a file, directory or symlink",
-                              root=root)
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -550,7 +415,7 @@ def recover(root: str | os.PathLike[str]) -> RecoverReport | None:
     if os.geteuid() != 0:
         raise PrivilegeError("recover() needs root to restore files owned by root",
                              hint="run as root, e.g. with sudo")
-    real = str(check_root(root))
+    real = str(_checks.check_root(root))
     with _journal.locked(real, purpose="recovery"):
         journal = _journal.load(real)
         if journal is None:
