@@ -165,7 +165,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the image to write (.tgz for MAAS; .tar.xz, .tar.bz2)")
     _source_flags(b)
-    b.add_argument("--variant", default="minbase", help="mmdebstrap variant for bootstrap:")
+    b.add_argument("--variant", default="minbase", help="mmdebstrap variant for bootstrap: "
+                                                        "(default: minbase)")
+    b.add_argument("--include", action=_AppendWords, default=[], metavar="PKG",
+                   help="packages mmdebstrap installs itself, for bootstrap: (repeatable)")
     c = b.add_argument_group("customise")
     c.add_argument("--install", dest="packages", action=_AppendWords, default=[], metavar="PKG",
                    help="install a package (repeatable)")

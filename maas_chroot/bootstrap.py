@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 PREFIX = "bootstrap:"
 
 #: mmdebstrap variants accepted by :func:`bootstrap`.
-VARIANTS = ("essential", "apt", "required", "minbase", "important", "standard")
+VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "important",
+            "standard")
 
 _SUITE = re.compile(r"^[a-z][a-z0-9.+-]*$")
 

@@ -123,6 +123,7 @@ def build(
     sums_url: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     variant: str = "minbase",
+    include: Iterable[str] = (),
     level: int = 6,
 ) -> BuildResult:
     """Build a custom MAAS image from ``source`` into ``output`` (``.tgz``, ``.tar.xz``, ...).
@@ -132,7 +133,8 @@ def build(
     :class:`ImageSource`, a URL (with ``sha256=`` or ``sums_url=``, or ``verify="none"``),
     a local archive, a rootfs directory (copied; customised in place with
     ``in_place=True``) or ``"bootstrap:SUITE"`` (mmdebstrap ``variant`` from ``mirror``,
-    default the host's apt mirror; ``keyring`` for a foreign distribution).
+    default the host's apt mirror; ``keyring`` for a foreign distribution; ``include``:
+    extra packages for mmdebstrap itself).
 
     Customisation runs in one :class:`Chroot` session, in this order: apt sources
     (one-line ``"[deb] [signed-by=KEY] URI SUITE COMPONENT..."``, ``apt_key`` for those
@@ -177,7 +179,8 @@ def build(
             root = _materialise(plan, work, kept, steps, in_place=in_place, progress=progress,
                                 arch=arch, mirror=mirror,
                                 keyring=keyring, verify=verify, sha256=sha256,
-                                sums_url=sums_url, cache_dir=cache_dir, variant=variant)
+                                sums_url=sums_url, cache_dir=cache_dir, variant=variant,
+                                include=tuple(include))
             if custom.wanted():
                 customise(root, custom, steps, network=network, progress=progress)
             report = None
@@ -233,7 +236,8 @@ def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Ste
                  in_place: bool, progress: bool | None, arch: str | None,
                  mirror: str | None, keyring: str | os.PathLike[str] | None,
                  verify: Verify | None, sha256: str | None, sums_url: str | None,
-                 cache_dir: str | os.PathLike[str] | None, variant: str) -> Path:
+                 cache_dir: str | os.PathLike[str] | None, variant: str,
+                 include: tuple[str, ...]) -> Path:
     """Turn the source into a rootfs directory; return it."""
     if plan.kind == "directory" and in_place:
         return Path(plan.value)
@@ -243,7 +247,7 @@ def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Ste
     if plan.kind == "bootstrap":
         with steps("bootstrap"):
             bootstrap.bootstrap(plan.value, root, mirror=mirror, keyring=keyring,
-                                variant=variant, arch=arch)
+                                variant=variant, include=include, arch=arch)
         return root
     if plan.kind == "directory":
         with steps("copy"):

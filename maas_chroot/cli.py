@@ -131,6 +131,7 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, object]:
         progress=args.progress, arch=args.arch, fmt=args.fmt, stream=args.stream,
         mirror=args.mirror, keyring=args.keyring, verify=args.verify, sha256=args.sha256,
         sums_url=args.sums_url, cache_dir=args.cache_dir, variant=args.variant,
+        include=list(args.include),
         level=args.level, upload=None,
     )
     if args.name:

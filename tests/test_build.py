@@ -171,13 +171,16 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
     except mc.SourceError:
         pytest.skip("the host's apt has no mirror for its own suite")
     out = tmp_path / "boot.tgz"
-    res = mc.build(f"bootstrap:{suite}", out, variant="essential", workdir=tmp_path,
+    # the smallest bootstrap that can run a command: unpacked, no maintainer scripts
+    res = mc.build(f"bootstrap:{suite}", out, variant="extract", workdir=tmp_path,
+                   include=["base-files", "base-passwd", "libc6", "dash", "coreutils"],
                    commands=["echo bootstrapped > /etc/motd"], progress=False)
     assert res.source == f"bootstrap {suite}"
     assert [s for s, _ in res.steps][:2] == ["check", "bootstrap"]
     members = _names(out)
     assert _read(out, "etc/motd") == b"bootstrapped\n"
-    assert members["etc/passwd"].uid == 0 and members["etc/passwd"].uname in ("root", "")
-    assert members["usr/bin/dpkg"].mode & 0o111
+    assert members["etc/debian_version"].uid == 0 and members["etc/debian_version"].gid == 0
+    dash = members.get("usr/bin/dash") or members["bin/dash"]  # merged /usr or not
+    assert dash.isfile() and dash.mode & 0o111
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz"]
     assert os.stat(out).st_size == res.size
