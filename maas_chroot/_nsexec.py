@@ -235,6 +235,14 @@ def _populate_dev(rootfd: int) -> None:
             os.symlink(target, name, dir_fd=dev)
         os.mkdir("pts", 0o755, dir_fd=dev)
         os.mkdir("shm", 0o1777, dir_fd=dev)
+        if os.isatty(0):  # an interactive shell: its terminal becomes /dev/console, so
+            os.close(os.open("console", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                             dir_fd=dev))  # ttyname() finds it by scanning /dev
+            node = os.open("console", os.O_PATH | os.O_CLOEXEC, dir_fd=dev)
+            try:
+                mount(os.ttyname(0), _fd_path(node), None, MS_BIND, what="the terminal")
+            finally:
+                os.close(node)
     finally:
         os.close(dev)
     _mount_at(rootfd, "/dev/pts", "devpts", "devpts", flags=MS_NOSUID | MS_NOEXEC,

@@ -237,6 +237,32 @@ def test_spawn_streams_and_keeps_fd_numbers(shared_root: Path) -> None:
         assert err.value.argv == ["sh", "-c", "exit 5"]
 
 
+def test_shell_runs_on_the_callers_terminal(shared_root: Path) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    code = ("import sys, maas_chroot as mc\n"
+            "with mc.Chroot(sys.argv[1]) as ch:\n"
+            "    rc = ch.shell(['sh', '-c', 'tty; test -t 0 && exit 6'])\n"
+            "print('rc', rc)\n")
+    try:
+        try:
+            proc = subprocess.run([sys.executable, "-c", code, str(shared_root)], stdin=slave,
+                                  stdout=slave, stderr=slave,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)},
+                                  timeout=120, check=False)
+        finally:
+            os.close(slave)
+        out = b""
+        with contextlib.suppress(OSError):  # EIO once everything is read
+            while chunk := os.read(master, 4096):
+                out += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, out
+    assert b"/dev/console" in out and b"rc 6" in out
+
+
 # --- resolv.conf, policy-rc.d and host safety -----------------------------------------------
 
 
