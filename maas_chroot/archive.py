@@ -240,16 +240,23 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     dest = Path(os.path.abspath(where))
     clamp = _source_date_epoch() if reproducible else None
     nthreads = threads or len(os.sched_getaffinity(0))
-    with _atomic_output(dest) as raw, \
-            _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
-        stream = _compress.open_stream(kind, raw, level=level, threads=nthreads, where=where)
-        try:
-            _mktar.write_tree(src, stream.write, where=where, clamp=clamp,
-                              sort=reproducible, on_bytes=bar.update)
-            stream.close()
-        except BaseException:
-            _compress.abort(stream)
-            raise
+    try:
+        with _atomic_output(dest) as raw, \
+                _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
+            stream = _compress.open_stream(kind, raw, level=level, threads=nthreads,
+                                           where=where)
+            try:
+                _mktar.write_tree(src, stream.write, where=where, clamp=clamp,
+                                  sort=reproducible, on_bytes=bar.update)
+                stream.close()
+            except BaseException:
+                _compress.abort(stream)
+                raise
+    except OSError as e:
+        raise ArchiveError(f"cannot pack {src} into {dest}: {e}", path=dest,
+                           hint="check the free space and permissions at the destination, "
+                                "and that nothing in the tree changes while it is packed")\
+            from e
     log.info("packed %s into %s (%d bytes)", src, dest, raw.size)
     return PackResult(dest, raw.size, raw.sha256)
 

@@ -275,6 +275,16 @@ def test_libarchive_warnings_are_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_progress_bars_and_result_repr(hard_tree: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    res = archive.pack(hard_tree, tmp_path / "p.tgz", progress=True)
+    archive.extract(res.path, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "pack p.tgz" in err and "extract p.tgz" in err
+    assert repr(res).startswith(f"PackResult(path={os.fspath(res.path)!r}, size={res.size} ")
+    assert res.sha256 in repr(res)
+
+
 def test_detect_format_refuses_other_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"PK\x03\x04 not a tarball" * 40)
@@ -419,7 +429,7 @@ def test_failed_pack_leaves_nothing(minbase_root: Path, tmp_path: Path) -> None:
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "none", str(small)], check=True)
     try:
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(ArchiveError, match="No space"):
             archive.pack(minbase_root, small / "image.tgz", progress=False)
         assert os.listdir(small) == []
     finally:
