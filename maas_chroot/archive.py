@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import _compress, _mktar, _untar, rootfs, run
 from . import progress as _progress
-from .errors import ArchiveError, ChrootBusyError, CommandError
+from .errors import ArchiveError, ChrootBusyError, CommandError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +176,19 @@ def _untar_from(proc: subprocess.Popen[bytes], src: str, dest: str,
         _untar.untar(pipe, dest, archive=src, filters=False, tick=tick)
         while os.read(pipe, 1 << 16):  # let the decompressor finish (and check its CRC)
             pass
+    except UnsafeArchiveError:
+        raise
     except ArchiveError as e:
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() not in (0, -13):  # -13: SIGPIPE because we stopped reading
-            raise ArchiveError(f"cannot decompress {src}: {argv0(proc)} failed: {err.strip()}",
+        # A corrupt stream makes the decompressor stop, and libarchive then sees a
+        # truncated tar: name the real cause. (If the decompressor is still running,
+        # the error is libarchive's own; spawn() stops the process.)
+        try:
+            code = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            raise e from None
+        if code != 0:
+            err = proc.stderr.read().decode(errors="replace").strip()
+            raise ArchiveError(f"cannot decompress {src}: {argv0(proc)} failed: {err}",
                                path=src, hint="the file is corrupt or truncated; fetch it "
                                               "again") from e
         raise

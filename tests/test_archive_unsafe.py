@@ -163,3 +163,15 @@ def test_members_replacing_symlinks_never_touch_their_targets(arena: Path) -> No
     assert (dest / "victim-link").read_bytes() == b"new content\n"
     after = (_snapshot(outside), os.stat(outside).st_mode, os.stat(outside / "victim"))
     assert after == before
+
+
+@pytest.mark.parametrize("compression", ["xz", "gz", "bz2"])
+def test_unsafe_member_early_in_a_big_archive(arena: Path, compression: str) -> None:
+    # The decompressor is still writing when extraction stops: the error must
+    # still be the unsafe member, not the decompressor's broken pipe.
+    src = _tar(arena / f"big.tar.{compression}",
+               [_file("../escape"), _file("filler", os.urandom(4 << 20))], compression)
+    with pytest.raises(UnsafeArchiveError) as err:
+        archive.extract(src, arena / "work" / "dest")
+    assert err.value.member == "../escape"
+    assert os.listdir(arena / "work") == []
