@@ -235,19 +235,25 @@ def _populate_dev(rootfd: int) -> None:
             os.symlink(target, name, dir_fd=dev)
         os.mkdir("pts", 0o755, dir_fd=dev)
         os.mkdir("shm", 0o1777, dir_fd=dev)
-        if os.isatty(0):  # an interactive shell: its terminal becomes /dev/console, so
-            os.close(os.open("console", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600,
-                             dir_fd=dev))  # ttyname() finds it by scanning /dev
-            node = os.open("console", os.O_PATH | os.O_CLOEXEC, dir_fd=dev)
-            try:
-                mount(os.ttyname(0), _fd_path(node), None, MS_BIND, what="the terminal")
-            finally:
-                os.close(node)
+        if os.isatty(0):
+            _console(dev)
     finally:
         os.close(dev)
     _mount_at(rootfd, "/dev/pts", "devpts", "devpts", flags=MS_NOSUID | MS_NOEXEC,
               data="newinstance,ptmxmode=0666,mode=0620,gid=5")
     _mount_at(rootfd, "/dev/shm", "tmpfs", "tmpfs", flags=_NOSUIDDEV, data="mode=1777")
+
+
+def _console(dev: int) -> None:
+    """An interactive command's terminal becomes /dev/console (ttyname() scans /dev)."""
+    os.close(os.open("console", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=dev))
+    node = os.open("console", os.O_PATH | os.O_CLOEXEC, dir_fd=dev)
+    try:
+        mount(os.ttyname(0), _fd_path(node), None, MS_BIND, what="the terminal")
+    except OSError:  # best effort: the command still has its terminal on fds 0-2
+        os.unlink("console", dir_fd=dev)
+    finally:
+        os.close(node)
 
 
 def mount_all(rootfd: int, binds: Sequence[tuple[str, str, str, str]]) -> None:
