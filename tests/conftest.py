@@ -52,21 +52,31 @@ def _rooted_pids(prefix: str) -> list[tuple[int, str]]:
     return found
 
 
+def _ours(point: str, basetemp: str) -> bool:
+    """A mount this test session (or the library's own work dirs) could have made."""
+    return point.startswith(basetemp + "/") or "maas-chroot" in point
+
+
 @pytest.fixture(autouse=True)
 def host_stays_clean(tmp_path: Path) -> Iterator[None]:
-    """Fail any test that leaves a mount or a chrooted process behind (and clean it up)."""
+    """Fail any test that leaves a mount or a chrooted process behind (and clean it up).
+
+    Only this session's own base temp dir (and the library's ``maas-chroot`` work
+    dirs) count, so concurrent pytest or mmdebstrap runs on the machine are left alone.
+    """
+    basetemp = str(tmp_path.parent)
     before = _host_mounts()
     yield
-    leaked = sorted(_host_mounts() - before, key=lambda p: -p.count("/"))
+    leaked = sorted((p for p in _host_mounts() - before if _ours(p, basetemp)),
+                    key=lambda p: -p.count("/"))
     for point in leaked:
         subprocess.run(["umount", "-R", "-l", point], check=False)
-    tmp_root = str(tmp_path.parent.parent)
-    stray = _rooted_pids(tmp_root)
+    stray = _rooted_pids(basetemp + "/")
     for pid, _ in stray:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
     assert not leaked, f"test leaked mounts into the host namespace: {leaked}"
-    assert not stray, f"test left processes chrooted under {tmp_root}: {stray}"
+    assert not stray, f"test left processes chrooted under {basetemp}: {stray}"
 
 
 def _mirror() -> hostapt.AptSource:
