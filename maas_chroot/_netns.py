@@ -31,7 +31,7 @@ def helper_argv(*args: str) -> list[str]:
     return [sys.executable or "python3", "-I", "-S", "-c", _BOOT, *args]
 
 
-def _pyroute2_path(root: str) -> str:
+def pyroute2_path(root: str) -> str:
     spec = importlib.util.find_spec("pyroute2")
     if spec is None or not spec.submodule_search_locations:
         raise ChrootError("network='none' needs pyroute2, which is not installed", root=root,
@@ -42,7 +42,7 @@ def _pyroute2_path(root: str) -> str:
 @contextlib.contextmanager
 def loopback_namespace(root: str) -> Iterator[int]:
     """Yield an fd (non-inheritable) to a fresh network namespace where only ``lo`` is up."""
-    argv = helper_argv("netns", str(os.getpid()), _pyroute2_path(root))
+    argv = helper_argv("netns", str(os.getpid()), pyroute2_path(root))
     with run.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None

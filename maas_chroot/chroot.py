@@ -94,6 +94,8 @@ class Chroot:
             raise ChrootError(f"unknown network mode {network!r}", root=self._root,
                               hint='use network="host" or network="none"')
         self.network: Network = network
+        if network == "none":
+            _netns.pyroute2_path(str(self._root))  # fail now, before touching the root
         self.binds = _checks.normalize_binds(binds, str(self._root))
         self._recover = recover
         self._stack: contextlib.ExitStack | None = None
