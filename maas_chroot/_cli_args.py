@@ -150,6 +150,17 @@ def _common(*, top: bool) -> argparse.ArgumentParser:
     return common
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``shell``, everything after the first ``--`` is the command."""
+    if "--" in argv:
+        cut = argv.index("--")
+        args = parser().parse_args(argv[:cut])
+        if args.verb == "shell":
+            args.cmd = [*args.cmd, *argv[cut + 1:]]
+            return args
+    return parser().parse_args(argv)
+
+
 def parser() -> argparse.ArgumentParser:
     common = _common(top=False)
     top = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -215,7 +226,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--network", choices=("host", "none"), default="host")
     s.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
                    help="bind-mount a host path into the chroot (repeatable)")
-    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    s.add_argument("cmd", nargs="*", metavar="-- CMD",
+                   help="a command to run instead of an interactive shell (after --)")
+    s.set_defaults(cmd=[])
 
     p = _verb(sub, "pack", "pack a rootfs directory into a deterministic TGZ", common)
     p.add_argument("root", metavar="DIR")

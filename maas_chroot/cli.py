@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import _resolve, archive, chroot, maas, sources
-from ._cli_args import PROG, UsageError, parser
+from ._cli_args import PROG, UsageError, parse
 from .build import Upload, build, output_format
 from .errors import MaasChrootError, PrivilegeError
 from .fetch import fetch
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list
     try:
         try:
-            args = parser().parse_args(args_list)
+            args = parse(args_list)
         except SystemExit as e:  # --help / --version
             return int(e.code or 0)
         _setup_logging(args)
@@ -173,8 +173,6 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _shell(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
     binds = []
     for spec in args.bind:
         src, sep, dst = spec.partition(":")

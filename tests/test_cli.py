@@ -261,6 +261,7 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
                        "--title", "Bookworm with jq",
                        env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
         assert proc.returncode == 0, proc.stderr
+        print(proc.stdout)  # the BuildResult: time per step (pytest -s shows it)
         assert any(p.endswith(".deb") and "/jq_" in p for p in proxy.log), proxy.log
         stored = fake.path("custom/bookworm-jq")
         assert stored.read_bytes() == out.read_bytes()
@@ -332,6 +333,7 @@ def test_seed_procedure_against_a_local_cloud_images_site(minbase_tar: Path,
                        "--no-progress", cwd=tmp_path,
                        env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
         assert proc.returncode == 0, proc.stderr
+        print(proc.stdout)
         fetched = [e.path for e in site.log if e.status == 200]
         assert any(p.endswith("/SHA256SUMS.gpg") for p in fetched), site.log.lines()
         assert any(p.endswith("-root.tar.xz") for p in fetched), site.log.lines()
@@ -347,3 +349,43 @@ def test_seed_procedure_against_a_local_cloud_images_site(minbase_tar: Path,
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
     assert {"./usr/bin/jq", "./usr/bin/tree"} <= names
+
+
+@pytest.mark.root
+def test_verbs_extract_shell_pack_upload_recover_fetch(minbase_tar: Path, tmp_path: Path) -> None:
+    from tests.cloudimages import serve_cloud_images
+
+    root, out = tmp_path / "root", tmp_path / "img.tgz"
+    proc = run_cli("extract", str(minbase_tar), str(root), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert proc.stdout.strip() == str(root)
+        proc = run_cli("shell", str(root), "--network", "none", "--", "sh", "-c",
+                       "echo from-shell > /etc/motd; exit 7")
+        assert proc.returncode == 7, proc.stderr  # the command's own exit code
+        assert (root / "etc/motd").read_text() == "from-shell\n"
+        (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+        proc = run_cli("pack", str(root), str(out), "--sysprep", "--level", "1", "-q")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[0] == str(out)
+        assert (root / "etc/machine-id").read_bytes() == b""
+        proc = run_cli("recover", str(root))
+        assert (proc.returncode, proc.stdout.strip()) == (0, f"{root}: nothing to recover")
+        with serve(tmp_path / "maas") as fake:
+            proc = run_cli("upload", str(out), "--name", "verbs", "--maas-url", fake.url,
+                           "--api-key", fake.api_key, "--title", "Verbs")
+            assert proc.returncode == 0, proc.stderr
+            assert fake.path("custom/verbs").read_bytes() == out.read_bytes()
+        assert "name='verbs'" in proc.stdout
+    finally:
+        rootfs.remove_tree(root)
+    with serve_cloud_images(tmp_path) as site:
+        proc = run_cli("fetch", "noble", "--mirror", site.mirror, "--keyring",
+                       str(site.keyring), "--cache-dir", str(tmp_path / "cache"))
+        assert proc.returncode == 0, proc.stderr
+        path = Path(proc.stdout.strip())
+        assert path.name == "ubuntu-24.04-server-cloudimg-amd64.squashfs"
+        assert path.is_relative_to(tmp_path / "cache")
+        proc = run_cli("fetch", "noble", "--mirror", site.mirror, "--keyring",
+                       str(site.other_keyring), "--cache-dir", str(tmp_path / "cache2"))
+        assert_one_clear_error(proc, "signature")
