@@ -85,7 +85,13 @@ class BuildResult:
         if self.rootfs is not None:
             lines.append(f"  rootfs    {os.fspath(self.rootfs)} (kept)")
         if self.uploaded is not None:
-            lines.append(f"  uploaded  {self.uploaded!r}")
+            up = self.uploaded
+            lines.append(f"  uploaded  {up.full_name} (id {up.id}, {up.architecture}"
+                         + (f", base_image {up.base_image}" if up.base_image else "") + ")")
+        if self.sysprep is not None:
+            rep = self.sysprep
+            lines.append(f"  sysprep   {len(rep.items)} items, {_human(rep.freed)} freed"
+                         + "".join(f"\n  warning   {w}" for w in rep.warnings))
         for name, secs in self.durations.items():
             lines.append(f"  {name:<9} {secs:7.1f} s")
         lines.append(f"  {'total':<9} {self.total:7.1f} s")

@@ -87,10 +87,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     top.addHandler(handler)
     top.setLevel(level)
     top.propagate = False
-    if args.verbose == 0 and not args.debug:
+    quiet_detail = args.verbose == 0 and not args.debug
+    for name in ("maas_chroot.run", "maas_chroot.chroot", "maas_chroot.apt"):
         # one line per step; the modules' own detail only with -v
-        for name in ("maas_chroot.run", "maas_chroot.chroot", "maas_chroot.apt"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.WARNING if quiet_detail else logging.NOTSET)
     if args.quiet and args.progress is None:
         args.progress = False
 
