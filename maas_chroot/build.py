@@ -173,7 +173,8 @@ def build(
             compression, filetype = output_format(out)
             up = _check_upload(upload, plan)
             custom.check()
-            _check_dirs(plan, out, kept, in_place)
+            _check_dirs(plan, out, kept, in_place,
+                        Path(os.fspath(workdir) if workdir is not None else "/var/tmp"))
     except Exception as e:
         raise _failed("check", e, None) from e
 
@@ -308,7 +309,11 @@ def _ubuntu_base(plan: _resolve.Plan) -> str | None:
     return None
 
 
-def _check_dirs(plan: _resolve.Plan, out: Path, kept: Path | None, in_place: bool) -> None:
+def _check_dirs(plan: _resolve.Plan, out: Path, kept: Path | None, in_place: bool,
+                work: Path) -> None:
+    if not work.is_dir():
+        raise SourceError(f"the work directory {work} does not exist",
+                          hint="create it, or give another workdir")
     if not out.parent.is_dir():
         raise ArchiveError(f"cannot write {out}: the directory {out.parent} does not exist",
                            path=out, hint="create it first, or give another -o path")
@@ -321,6 +326,20 @@ def _check_dirs(plan: _resolve.Plan, out: Path, kept: Path | None, in_place: boo
     if kept is not None and kept.exists() and (not kept.is_dir() or any(kept.iterdir())):
         raise SourceError(f"cannot keep the rootfs in {kept}: it exists and is not empty",
                           hint="give a new or empty directory for keep_rootfs")
+    built = Path(plan.value) if in_place else kept
+    inside = [(what, p) for what, p in (("output", out), ("work directory", work))
+              if built is not None and _within(p, built)]
+    if plan.kind == "directory" and _within(work, Path(plan.value)):
+        inside.append(("work directory", work))
+    if inside:
+        what, path = inside[0]
+        raise SourceError(f"the {what} {path} is inside the rootfs being built",
+                          hint="put it outside the image's directory tree")
+
+
+def _within(path: Path, top: Path) -> bool:
+    p, t = os.path.realpath(path), os.path.realpath(top)
+    return p == t or p.startswith(t.rstrip("/") + "/")
 
 
 def _remove_quietly(path: Path) -> None:

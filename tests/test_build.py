@@ -143,6 +143,7 @@ def test_bad_arguments_fail_in_the_check_step_before_any_work(minbase_tar: Path,
                                                               tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full/x").write_text("x")
+    (tmp_path / "k").mkdir()
     cases = [
         ({"output": tmp_path / "o.zip"}, "output format"),
         ({"output": tmp_path / "no/dir/o.tgz"}, "does not exist"),
@@ -151,6 +152,8 @@ def test_bad_arguments_fail_in_the_check_step_before_any_work(minbase_tar: Path,
         ({"commands": [tmp_path / "missing.sh"]}, "script not found"),
         ({"apt_sources": ["http://127.0.0.1:9/debian bookworm main"]}, "signing key"),
         ({"in_place": True}, "needs a rootfs directory"),
+        ({"keep_rootfs": tmp_path / "k", "output": tmp_path / "k/o.tgz"}, "inside the rootfs"),
+        ({"workdir": tmp_path / "missing"}, "does not exist"),
     ]
     for kwargs, needle in cases:
         args = {"output": tmp_path / "o.tgz", "workdir": tmp_path, **kwargs}
@@ -158,7 +161,8 @@ def test_bad_arguments_fail_in_the_check_step_before_any_work(minbase_tar: Path,
             mc.build(minbase_tar, **args)  # type: ignore[arg-type]
         assert exc.value.step == "check", kwargs
         assert needle in exc.value.message, (needle, exc.value.message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "k"]
+    assert list((tmp_path / "k").iterdir()) == []
 
 
 @pytest.mark.root
