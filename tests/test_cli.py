@@ -9,6 +9,7 @@ import http.server
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -22,13 +23,19 @@ import pytest
 
 from maas_chroot import cli, hostapt, rootfs
 from maas_chroot.build import BuildResult, Upload
-from tests.conftest import gnu_extract
 from tests.maas_server import serve
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --install jq "
         "--install tree -o focal-custom.tgz --upload custom/focal-custom "
         "--title 'Ubuntu 20.04 Custom Image'")
+
+
+def curtin_extract(tarball: Path, target: Path) -> None:
+    """What curtin runs at deploy time (curtin/commands/extract.py), flags verbatim."""
+    target.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-Sxpf", str(tarball),
+                    "--numeric-owner", "-C", str(target)], check=True)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
@@ -271,7 +278,7 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "maas"]
     assert "install" in proc.stdout and "pack" in proc.stdout and "upload" in proc.stdout
     try:
-        gnu_extract(stored, unpacked)  # curtin's flags
+        curtin_extract(stored, unpacked)
         assert os.access(unpacked / "usr/bin/jq", os.X_OK)
         assert (unpacked / "etc/machine-id").read_bytes() == b""
         assert (unpacked / "etc/ssh").is_dir()
@@ -282,12 +289,14 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
             f = tar.extractfile(before)
             assert f is not None
             original = f.read()
+        assert before.isfile() and stat.S_ISREG(st.st_mode)
         assert (unpacked / "etc/resolv.conf").read_bytes() == original
         assert st.st_mode & 0o7777 == before.mode
         port = str(proxy.server_address[1])
         for conf in (unpacked / "etc/apt").rglob("*"):
             if conf.is_file():
-                assert port not in conf.read_text(errors="replace"), conf
+                text = conf.read_text(errors="replace")
+                assert port not in text and "::Proxy" not in text, conf
         assert not (unpacked / "usr/sbin/policy-rc.d").exists()
         assert not (unpacked / rootfs.JOURNAL_NAME).exists()
     finally:
