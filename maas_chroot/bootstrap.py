@@ -121,6 +121,11 @@ def bootstrap(suite: str, dest: str | os.PathLike[str], *, mirror: str | None = 
     """
     spec = resolve(suite, mirror=mirror, keyring=keyring, components=components,
                    variant=variant, include=include, arch=arch)
+    return create(spec, dest)
+
+
+def create(spec: BootstrapSpec, dest: str | os.PathLike[str]) -> Path:
+    """Run mmdebstrap for a spec from :func:`resolve` into ``dest``; return its path."""
     target = Path(os.fspath(dest))
     if target.is_dir() and any(target.iterdir()):
         raise SourceError(f"cannot bootstrap into {target}: the directory is not empty",

@@ -170,6 +170,15 @@ def build(
                 image = sources.cloud_image(plan.value, arch=arch or "amd64", fmt=fmt,
                                             stream=stream, mirror=mirror)
                 plan = _resolve.Plan("image", image.url, image)
+            spec = None
+            if plan.kind == "bootstrap":
+                spec = bootstrap.resolve(plan.value, mirror=mirror, keyring=keyring,
+                                         variant=variant, include=include, arch=arch)
+            if plan.kind == "url" and plan.value.lower().startswith("http") and not (
+                    sha256 or sums_url or verify):
+                raise SourceError(f"refusing to download {plan.value} without a way to verify it",
+                                  hint="pass sha256= (--sha256 HEX) or sums_url= (--sums-url URL), "
+                                       "or verify=\"none\" (--verify none) to accept it unverified")
             compression, filetype = output_format(out)
             up = _check_upload(upload, plan)
             custom.check()
@@ -183,11 +192,9 @@ def build(
             base = os.fspath(workdir) if workdir is not None else "/var/tmp"
             work = Path(tempfile.mkdtemp(prefix="maas-chroot-build-", dir=base))
             stack.callback(_remove_quietly, work)
-            root = _materialise(plan, work, kept, steps, in_place=in_place, progress=progress,
-                                arch=arch, mirror=mirror,
-                                keyring=keyring, verify=verify, sha256=sha256,
-                                sums_url=sums_url, cache_dir=cache_dir, variant=variant,
-                                include=tuple(include))
+            root = _materialise(plan, work, kept, steps, spec, in_place=in_place,
+                                progress=progress, keyring=keyring, verify=verify,
+                                sha256=sha256, sums_url=sums_url, cache_dir=cache_dir)
             if custom.wanted():
                 customise(root, custom, steps, network=network, progress=progress)
             report = None
@@ -239,22 +246,20 @@ class _Steps:
             log.debug("%s took %.1f s", name, secs)
 
 
-def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Steps, *,
-                 in_place: bool, progress: bool | None, arch: str | None,
-                 mirror: str | None, keyring: str | os.PathLike[str] | None,
+def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Steps,
+                 spec: bootstrap.BootstrapSpec | None, *, in_place: bool,
+                 progress: bool | None, keyring: str | os.PathLike[str] | None,
                  verify: Verify | None, sha256: str | None, sums_url: str | None,
-                 cache_dir: str | os.PathLike[str] | None, variant: str,
-                 include: tuple[str, ...]) -> Path:
+                 cache_dir: str | os.PathLike[str] | None) -> Path:
     """Turn the source into a rootfs directory; return it."""
     if plan.kind == "directory" and in_place:
         return Path(plan.value)
     root = kept if kept is not None else work / "rootfs"
     if root.is_dir():
         root.rmdir()  # checked empty: extract/bootstrap/cp want to create it
-    if plan.kind == "bootstrap":
+    if spec is not None:
         with steps("bootstrap"):
-            bootstrap.bootstrap(plan.value, root, mirror=mirror, keyring=keyring,
-                                variant=variant, include=include, arch=arch)
+            bootstrap.create(spec, root)
         return root
     if plan.kind == "directory":
         with steps("copy"):
@@ -349,6 +354,11 @@ def _remove_quietly(path: Path) -> None:
         log.warning("could not remove the work dir %s: %s", path, e)
 
 
+#: Steps that fail with a rootfs worth inspecting (--keep-rootfs keeps it).
+_ROOTFS_STEPS = ("chroot", "update", "upgrade", "install", "remove", "files", "commands",
+                 "apt clean", "sysprep")
+
+
 def _failed(step: str, err: Exception, kept: Path | None) -> BuildError:
     if isinstance(err, BuildError):
         return err
@@ -357,7 +367,7 @@ def _failed(step: str, err: Exception, kept: Path | None) -> BuildError:
     msg = text if step == "check" else f"build step {step!r} failed: {text}"
     if kept is not None:
         msg += f"\nthe rootfs is kept in {kept} (inspect it: maas-chroot shell {kept})"
-    elif step not in ("check", "pack", "upload", "cleanup"):
+    elif step in _ROOTFS_STEPS:
         hint = (hint + "; " if hint else "") + "rerun with --keep-rootfs DIR to inspect the rootfs"
     error = BuildError(msg, step=step, workdir=os.fspath(kept) if kept else None, hint=hint)
     error.cause = err  # type: ignore[attr-defined]

@@ -151,6 +151,10 @@ def test_bad_source_is_one_clear_line(tmp_path: Path) -> None:
     assert_one_clear_error(proc, "image source not found", "missing.tar.xz")
     proc = run_cli("build", "no-such-release", "-o", str(tmp_path / "o.tgz"))
     assert_one_clear_error(proc, "no-such-release")
+    proc = run_cli("build", "http://127.0.0.1:9/x.tar.xz", "-o", str(tmp_path / "o.tgz"))
+    assert_one_clear_error(proc, "without a way to verify it", "--sha256")
+    proc = run_cli("build", "bootstrap:No-Such", "-o", str(tmp_path / "o.tgz"))
+    assert_one_clear_error(proc, "not a valid bootstrap source")
     assert list(tmp_path.iterdir()) == []
 
 
