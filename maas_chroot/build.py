@@ -174,11 +174,8 @@ def build(
             if plan.kind == "bootstrap":
                 spec = bootstrap.resolve(plan.value, mirror=mirror, keyring=keyring,
                                          variant=variant, include=include, arch=arch)
-            if plan.kind == "url" and plan.value.lower().startswith("http") and not (
-                    sha256 or sums_url or verify):
-                raise SourceError(f"refusing to download {plan.value} without a way to verify it",
-                                  hint="pass sha256= (--sha256 HEX) or sums_url= (--sums-url URL), "
-                                       "or verify=\"none\" (--verify none) to accept it unverified")
+            if plan.kind == "url" and not (sha256 or sums_url or verify):
+                _unverifiable(plan.value)
             compression, filetype = output_format(out)
             up = _check_upload(upload, plan)
             custom.check()
@@ -275,6 +272,13 @@ def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Ste
     with steps("extract"):
         archive.extract(path, root, progress=progress)
     return root
+
+
+def _unverifiable(url: str) -> None:
+    if url.lower().startswith(("http://", "https://")):
+        raise SourceError(f"refusing to download {url} without a way to verify it",
+                          hint="pass sha256= (--sha256 HEX) or sums_url= (--sums-url URL), "
+                               "or verify=\"none\" (--verify none) to accept it unverified")
 
 
 def output_format(out: Path) -> tuple[str, str]:
