@@ -49,6 +49,8 @@ def test_bootstrap_of_a_suite_the_host_lacks_asks_for_a_mirror() -> None:
                                                          "/k.gpg")
     argv = bootstrap.argv(spec, "/srv/root")
     assert argv[0] == "mmdebstrap" and "--mode=unshare" in argv
+    assert "--dpkgopt=force-unsafe-io" in argv
+    assert "--dpkgopt=force-unsafe-io" not in bootstrap.argv(spec, "/srv/root.tar")
     assert argv[-3:] == ["noble", "/srv/root", "http://127.0.0.1:9/ubuntu"]
 
 
@@ -186,5 +188,7 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
     assert members["etc/debian_version"].uid == 0 and members["etc/debian_version"].gid == 0
     dash = members.get("usr/bin/dash") or members["bin/dash"]  # merged /usr or not
     assert dash.isfile() and dash.mode & 0o111
+    assert "etc/dpkg/dpkg.cfg.d/99mmdebstrap" not in members  # build-time speed-ups only
+    assert "etc/apt/apt.conf.d/99mmdebstrap" not in members
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz"]
     assert os.stat(out).st_size == res.size
