@@ -79,11 +79,11 @@ class TarWriter:
             return -1
         return length
 
-    def _check(self, rc: int, what: str, a: int | None = None) -> None:
+    def _check(self, rc: int, what: str, a: int | None = None, host: bytes = b"") -> None:
         if rc < la.OK:
             if self._error is not None:
                 raise self._error
-            la.check(a or self._aw, rc, what, self.where)
+            la.check(a or self._aw, rc, what + os.fsdecode(host), self.where)
 
     def close(self) -> None:
         """Write the end-of-archive blocks and the final padding."""
@@ -154,7 +154,7 @@ class TarWriter:
         la.entry_copy_pathname(e, arc)
         la.entry_copy_sourcepath(e, host)
         self._check(la.read_disk_entry_from_file(self._rd, e, fd, None),
-                    f"reading metadata of {os.fsdecode(host)}", self._rd)
+                    "reading metadata of ", self._rd, host)
         la.entry_unset_atime(e)
         la.entry_unset_ctime(e)
         la.entry_unset_birthtime(e)
@@ -175,13 +175,13 @@ class TarWriter:
                 regular = False
         rc = la.write_header(aw, e)
         if rc != la.WARN or _RAW_NAME_WARNING not in (la.error_string(aw) or b""):
-            self._check(rc, f"writing the header of {os.fsdecode(host)}")
+            self._check(rc, "writing the header of ", host=host)
         if regular and st.st_size > 0:
             if la.entry_sparse_count(e) > 0:
                 self._copy_sparse(fd, st.st_size, host)
             else:
                 self._copy(fd, st.st_size, host)
-        self._check(la.write_finish_entry(aw), f"finishing {os.fsdecode(host)}")
+        self._check(la.write_finish_entry(aw), "finishing ", host=host)
 
     def _sort_xattrs(self) -> None:
         """xattrs in name order: listxattr's order depends on the filesystem's history."""
@@ -208,7 +208,7 @@ class TarWriter:
     def _put(self, addr: int, n: int, host: bytes) -> None:
         w = la.write_data(self._aw, addr, n)
         if w < 0:
-            self._check(int(w), f"writing the data of {os.fsdecode(host)}")
+            self._check(int(w), "writing the data of ", host=host)
 
     def _copy(self, fd: int, size: int, host: bytes) -> None:
         addr = ctypes.addressof(self._cbuf)

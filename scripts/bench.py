@@ -11,9 +11,12 @@ packages. For each, in one run on this machine:
 - extract() vs ``unsquashfs`` (squashfs input)
 - pack() vs ``tar --xattrs --acls --numeric-owner -czf`` and vs ``tar ... -I pigz``
 
-Every measurement runs in its own process (time = best of N rounds; peak RSS =
-the largest ru_maxrss of that process and its children, from wait4). Our own
-calls are timed inside the child, around the call (not interpreter start-up).
+Every measurement runs in its own process under /usr/bin/time: time = best
+wall time of N rounds (our own calls are timed inside the child, around the
+call, without interpreter start-up); cpu = least user+system seconds of the
+process and its children (including interpreter start-up: a load-independent
+measure of work on a shared machine); peak RSS = the largest max RSS of the
+process or any child (each process's own, not their sum).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ print(time.perf_counter() - t)
 @dataclass(frozen=True)
 class Run:
     seconds: float
+    cpu: float  # user + system seconds of the process and its children
     rss_mb: float
     size: int | None
 
@@ -63,16 +67,16 @@ def measure(argv: list[str], *, timed_inside: bool, out: Path | None) -> Run:
     subprocess.run(["sync"], check=True)
     rss = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-rss-{os.getpid()}"
     t = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *argv],
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss), *argv],
                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}")
     seconds = float(proc.stdout.split()[-1]) if timed_inside else wall
     size = out.stat().st_size if out is not None and out.is_file() else None
-    peak_kb = int(rss.read_text().split()[-1])
+    peak_kb, user, system = rss.read_text().split()[-3:]
     rss.unlink()
-    return Run(seconds, peak_kb / 1024, size)
+    return Run(seconds, float(user) + float(system), int(peak_kb) / 1024, size)
 
 
 def best(rounds: int, argv: list[str], *, timed_inside: bool = False,
@@ -88,7 +92,8 @@ def best(rounds: int, argv: list[str], *, timed_inside: bool = False,
         runs.append(measure(argv, timed_inside=timed_inside, out=out))
     if clean is not None:
         rootfs.remove_tree(clean)
-    return Run(min(r.seconds for r in runs), max(r.rss_mb for r in runs), runs[-1].size)
+    return Run(min(r.seconds for r in runs), min(r.cpu for r in runs),
+               max(r.rss_mb for r in runs), runs[-1].size)
 
 
 def ours(*args: str) -> list[str]:
@@ -126,8 +131,9 @@ def bench(name: str, tar: Path, work: Path, rounds: int) -> list[tuple[str, ...]
     def row(case: str, tool: str, r: Run, ref: Run | None) -> None:
         ratio = f"{r.seconds / ref.seconds:.2f}x" if ref else "1.00x"
         size = f"{r.size / 1e6:.1f}" if r.size else "-"
-        rows.append((f"{name} ({mb:.0f} MB)", case, tool, f"{r.seconds:.2f}", ratio, size,
-                     f"{r.rss_mb:.0f}"))
+        cpu = f"{r.cpu / ref.cpu:.2f}x" if ref else "1.00x"
+        rows.append((f"{name} ({mb:.0f} MB)", case, tool, f"{r.seconds:.2f}", ratio,
+                     f"{r.cpu:.2f}", cpu, size, f"{r.rss_mb:.0f}"))
         print("  ".join(rows[-1]), flush=True)
 
     a = best(rounds, ours("extract", str(xz), str(dest)), timed_inside=True, clean=dest)
@@ -146,8 +152,8 @@ def bench(name: str, tar: Path, work: Path, rounds: int) -> list[tuple[str, ...]
     row("pack tgz", "tar -czf (gzip -6)", b, a)
     row("pack tgz", "tar -I pigz", c, a)
     assert a.size and b.size
-    rows.append((f"{name} ({mb:.0f} MB)", "pack tgz", "mc.pack size vs gzip -6",
-                 "", f"{a.size / b.size:.3f}x", "", ""))
+    rows.append((f"{name} ({mb:.0f} MB)", "pack tgz", "mc.pack size / gzip -6 size",
+                 "", "", "", "", f"{a.size / b.size:.3f}x", ""))
     if tgz.exists():
         tgz.unlink()
     return rows
@@ -173,7 +179,8 @@ def main() -> None:
     for name, build in trees.items():
         if args.only in (None, name):
             rows += bench(name, build(), args.work, args.rounds)
-    head = ("rootfs", "case", "tool", "time s", "vs mc", "size MB", "peak RSS MB")
+    head = ("rootfs", "case", "tool", "time s", "time vs mc", "cpu s", "cpu vs mc",
+            "size MB", "peak RSS MB")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, tuple("-" * w for w in widths), *rows]:
