@@ -22,11 +22,13 @@ import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import hostapt, rootfs, run
+from . import progress as _progress
 from .errors import CommandError, SourceError
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
     """The mmdebstrap command line for ``spec`` writing ``target`` (a directory or a tarball)."""
     if spec.uri is None:
         raise ValueError("resolve() the spec first")
-    args = ["mmdebstrap", "--mode=unshare", f"--variant={spec.variant}", "--quiet",
+    args = ["mmdebstrap", "--mode=unshare", f"--variant={spec.variant}",
             "--components=" + ",".join(spec.components)]
     if spec.keyring:
         args.append(f"--keyring={spec.keyring}")
@@ -125,6 +127,7 @@ def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
 
 
 def bootstrap(suite: str, dest: str | os.PathLike[str], *, mirror: str | None = None,
+              progress: bool | None = None,
               keyring: str | os.PathLike[str] | None = None,
               components: Iterable[str] | None = None, variant: str = "minbase",
               include: Iterable[str] = (), arch: str | None = None) -> Path:
@@ -136,11 +139,16 @@ def bootstrap(suite: str, dest: str | os.PathLike[str], *, mirror: str | None = 
     """
     spec = resolve(suite, mirror=mirror, keyring=keyring, components=components,
                    variant=variant, include=include, arch=arch)
-    return create(spec, dest)
+    return create(spec, dest, progress=progress)
 
 
-def create(spec: BootstrapSpec, dest: str | os.PathLike[str]) -> Path:
-    """Run mmdebstrap for a spec from :func:`resolve` into ``dest``; return its path."""
+def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
+           progress: bool | None = None) -> Path:
+    """Run mmdebstrap for a spec from :func:`resolve` into ``dest``; return its path.
+
+    With progress on a terminal, mmdebstrap draws its own progress bars there;
+    otherwise it runs quietly and its error output goes into the exception.
+    """
     target = Path(os.fspath(dest))
     if target.is_dir() and any(target.iterdir()):
         raise SourceError(f"cannot bootstrap into {target}: the directory is not empty",
@@ -149,12 +157,17 @@ def create(spec: BootstrapSpec, dest: str | os.PathLike[str]) -> Path:
         raise SourceError("bootstrap sources need mmdebstrap, which is not installed",
                           hint="apt-get install mmdebstrap")
     log.info("bootstrapping %s (%s) from %s into %s", spec.suite, spec.variant, spec.uri, target)
+    args = argv(spec, target)
+    live = _progress.enabled(progress) and sys.stderr.isatty()
     try:
-        run.run(argv(spec, target))
+        if live:
+            run.run(args, interactive=True)
+        else:
+            run.run([*args[:1], "--quiet", *args[1:]])
     except CommandError as e:
+        detail = f":\n{_tail(e.stderr)}" if e.stderr else " (its output is above)"
         raise SourceError(
-            f"mmdebstrap could not bootstrap {spec.suite!r} from {spec.uri}:\n"
-            f"{_tail(e.stderr)}",
+            f"mmdebstrap could not bootstrap {spec.suite!r} from {spec.uri}{detail}",
             hint="check the suite name and the mirror (and --keyring for a foreign "
                  "distribution); -v shows the full mmdebstrap output",
         ) from e

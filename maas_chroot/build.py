@@ -256,7 +256,7 @@ def _materialise(plan: _resolve.Plan, work: Path, kept: Path | None, steps: _Ste
         root.rmdir()  # checked empty: extract/bootstrap/cp want to create it
     if spec is not None:
         with steps("bootstrap"):
-            bootstrap.create(spec, root)
+            bootstrap.create(spec, root, progress=progress)
         return root
     if plan.kind == "directory":
         with steps("copy"):
