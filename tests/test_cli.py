@@ -3,9 +3,6 @@ end-to-end builds through ``python -m maas_chroot`` as a subprocess, checked wit
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import http.server
 import os
 import shlex
 import socket
@@ -13,16 +10,14 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
-import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from maas_chroot import cli, hostapt, rootfs
+from maas_chroot import cli, rootfs
 from maas_chroot.build import BuildResult, Upload
+from tests.aptrepo import DebSpec, serve_proxy, serve_repo
 from tests.maas_server import serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,63 +189,6 @@ def test_not_root_gets_a_clear_message(tmp_path: Path) -> None:
 # --- end to end ---------------------------------------------------------------------------
 
 
-class _MirrorProxy(http.server.ThreadingHTTPServer):
-    """A forwarding HTTP proxy on 127.0.0.1 that only reaches the host's apt mirror."""
-
-    daemon_threads = True
-
-    def __init__(self, allowed: str) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.allowed = allowed
-        self.log: list[str] = []
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    server: _MirrorProxy
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        if url.scheme != "http" or url.netloc != self.server.allowed:
-            self.send_error(403)
-            return
-        self.server.log.append(self.path)
-        conn = http.client.HTTPConnection(url.netloc, timeout=60)
-        try:
-            conn.request("GET", url.path + (f"?{url.query}" if url.query else ""),
-                         headers={"Host": url.netloc})
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        self.send_response(resp.status)
-        for key in ("Content-Type", "Last-Modified", "ETag"):
-            if resp.getheader(key):
-                self.send_header(key, resp.getheader(key, ""))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@contextlib.contextmanager
-def mirror_proxy() -> Iterator[_MirrorProxy]:
-    uri = urllib.parse.urlsplit(hostapt.host_mirror().uri)
-    if uri.scheme != "http":
-        pytest.skip("the host's mirror is not plain http: no forwarding proxy for it")
-    server = _MirrorProxy(uri.netloc)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 def _member(tar_path: Path, name: str) -> tarfile.TarInfo:
     with tarfile.open(tar_path) as tar:
         return tar.getmember(name)
@@ -263,27 +201,34 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
                                                        tmp_path: Path) -> None:
     out = tmp_path / "custom.tgz"
     unpacked = tmp_path / "deployed"
-    with serve(tmp_path / "maas") as fake, mirror_proxy() as proxy:
+    hello = DebSpec("hello-mc", files={"/usr/bin/hello-mc": "#!/bin/sh\necho hi\n"})
+    with serve(tmp_path / "maas") as fake, serve_proxy() as proxy, \
+            serve_repo(tmp_path / "repo", [hello]) as repo:
         proc = run_cli("build", str(minbase_tar), "--install", "jq", "-o", str(out),
+                       "--apt-source", f"deb {repo.url} {repo.suite} {repo.component}",
+                       "--apt-key", str(repo.key_asc), "--install", "hello-mc",
                        "--run", "echo 0123456789abcdef0123456789abcdef > /etc/machine-id",
                        "--run", "mkdir -p /etc/ssh && echo k > /etc/ssh/ssh_host_ed25519_key",
-                       "--apt-proxy", f"http://127.0.0.1:{proxy.server_address[1]}",
-                       "--workdir", str(tmp_path), "--upload", "custom/bookworm-jq",
-                       "--title", "Bookworm with jq",
+                       "--apt-proxy", proxy.url, "--workdir", str(tmp_path),
+                       "--upload", "custom/bookworm-jq", "--title", "Bookworm with jq",
                        env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
         assert proc.returncode == 0, proc.stderr
         print(proc.stdout)  # the BuildResult: time per step (pytest -s shows it)
         assert any(p.endswith(".deb") and "/jq_" in p for p in proxy.log), proxy.log
+        assert any("hello-mc" in p for p in repo.log), repo.log
         stored = fake.path("custom/bookworm-jq")
         assert stored.read_bytes() == out.read_bytes()
         posts = fake.requests("POST")
         assert posts, fake.log
+    rootfs.remove_tree(tmp_path / "repo")
     # the work dir is gone (only our output, the MAAS store and the unpack target remain)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "maas"]
     assert "install" in proc.stdout and "pack" in proc.stdout and "upload" in proc.stdout
     try:
         curtin_extract(stored, unpacked)
         assert os.access(unpacked / "usr/bin/jq", os.X_OK)
+        assert (unpacked / "usr/bin/hello-mc").read_text() == "#!/bin/sh\necho hi\n"
+        assert list((unpacked / "etc/apt/sources.list.d").glob("*.sources"))
         assert (unpacked / "etc/machine-id").read_bytes() == b""
         assert (unpacked / "etc/ssh").is_dir()
         assert list((unpacked / "etc/ssh").glob("ssh_host_*")) == []
@@ -296,7 +241,7 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
         assert before.isfile() and stat.S_ISREG(st.st_mode)
         assert (unpacked / "etc/resolv.conf").read_bytes() == original
         assert st.st_mode & 0o7777 == before.mode
-        port = str(proxy.server_address[1])
+        port = proxy.url.rsplit(":", 1)[1].strip("/")
         for conf in (unpacked / "etc/apt").rglob("*"):
             if conf.is_file():
                 text = conf.read_text(errors="replace")
