@@ -121,9 +121,11 @@ class ProcessStream:
         return len(data)
 
     def _fail(self) -> None:
-        self._finish()
-        raise ArchiveError(f"compressor {self.proc.args[0]!r} stopped writing {self.where}",  # type: ignore[index]
-                           path=self.where)
+        err = self._finish().strip()
+        tool = str(self.proc.args[0])  # type: ignore[index]
+        raise ArchiveError(f"compressor {tool!r} stopped while writing {self.where}: {err}",
+                           path=self.where, hint=f"check that {tool} works and the disk has "
+                                                 "free space")
 
     def _finish(self) -> str:
         assert self.proc.stdin is not None and self.proc.stderr is not None
