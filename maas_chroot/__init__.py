@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from .archive import PackResult, extract, pack
-from .build import BuildResult, build
+from .build import BuildResult, Upload, build
 from .chroot import Bind, Chroot, recover
 from .errors import (
     ArchiveError,
@@ -65,6 +65,7 @@ __all__ = [
     "SysprepReport",
     "UnsafeArchiveError",
     "UnsafePathError",
+    "Upload",
     "VerificationError",
     "__version__",
     "build",
