@@ -110,6 +110,7 @@ read_disk_entry_from_file = _bind("read_disk_entry_from_file", [_p, _p, _i, _p],
 
 write_new = _bind("write_new", [], _p)
 write_set_format_pax = _bind("write_set_format_pax", [_p], _i)
+write_set_options = _bind("write_set_options", [_p, _s], _i)
 write_set_bytes_per_block = _bind("write_set_bytes_per_block", [_p, _i], _i)
 write_set_bytes_in_last_block = _bind("write_set_bytes_in_last_block", [_p, _i], _i)
 write_open = _bind("write_open", [_p, _p, _p, WRITE_CALLBACK, _p], _i)

@@ -63,6 +63,9 @@ class TarWriter:
         if not (self._aw and self._rd and self._entry):
             raise MemoryError("libarchive: out of memory")
         self._check(la.write_set_format_pax(self._aw), "setting pax format")
+        # xattrs as SCHILY.xattr.* only (what GNU tar reads), not also as
+        # LIBARCHIVE.xattr.*, which GNU tar reports as an unknown keyword per file.
+        self._check(la.write_set_options(self._aw, b"pax:xattrheader=SCHILY"), "setting options")
         self._check(la.write_set_bytes_per_block(self._aw, BLOCK), "setting block size")
         self._check(la.write_set_bytes_in_last_block(self._aw, 10240), "setting record size")
         self._check(la.read_disk_set_behavior(self._rd, la.READDISK_NO_FFLAGS), "setup", self._rd)
