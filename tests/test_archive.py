@@ -388,6 +388,19 @@ def test_pack_is_reproducible(hard_tree: Path, tmp_path: Path,
         assert t.getmember("./h1").mtime < epoch
 
 
+def test_pack_falls_back_to_zlib_gzip(hard_tree: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from maas_chroot import _compress
+    fast = archive.pack(hard_tree, tmp_path / "fast.tgz", progress=False)
+    monkeypatch.setattr(_compress, "_gzip_ng", None)
+    assert _compress.gzip_backend() == "zlib"
+    slow = archive.pack(hard_tree, tmp_path / "slow.tgz", progress=False)
+    head = slow.path.read_bytes()[:10]
+    assert head[3] & 0x08 == 0 and struct.unpack("<I", head[4:8])[0] == 0  # no name, mtime 0
+    with gzip.open(fast.path) as a, gzip.open(slow.path) as b:
+        assert a.read() == b.read()  # the same tar inside
+
+
 def test_pack_refuses_a_root_with_a_session_journal(hard_tree: Path, tmp_path: Path) -> None:
     root = archive.extract(archive.pack(hard_tree, tmp_path / "a.tgz", progress=False).path,
                            tmp_path / "root")
