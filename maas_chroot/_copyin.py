@@ -7,7 +7,6 @@ are copied verbatim, never followed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
@@ -16,26 +15,8 @@ from .errors import ChrootError
 
 
 def copy_file(root: str, src: str, dest: str, mode: int) -> None:
-    with rootfs.parent_dir(root, dest, create=True) as (dfd, name):
-        tmp = f".{name}.maas-chroot-{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dfd)
-        try:
-            try:
-                with open(src, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view):]
-                os.fchown(fd, 0, 0)
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
+    with open(src, "rb") as f:
+        rootfs.write_file(root, dest, f, mode=mode)
 
 
 def copy_tree(root: str, src: str, dest: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
+from . import hostapt
 from .chroot import Chroot
 from .errors import SourceError
 
@@ -38,25 +39,14 @@ class AptRepo:
 
 
 def parse_apt_source(line: str, default_key: str | None = None) -> AptRepo:
-    words = line.split()
-    if words and words[0] == "deb":
-        words = words[1:]
-    key = default_key
-    if words and words[0].startswith("["):
-        opts = []
-        while words:
-            w = words.pop(0)
-            opts.append(w.strip("[]"))
-            if w.endswith("]"):
-                break
-        for opt in opts:
-            if opt.startswith("signed-by="):
-                key = opt.split("=", 1)[1]
-    if len(words) < 2 or "://" not in words[0]:
+    text = line.strip()
+    src = hostapt.parse_line(text if text.startswith("deb ") else f"deb {text}")
+    if src is None or "://" not in src.uri:
         raise SourceError(f"not an apt source line: {line!r}",
                           hint="write it as 'URI SUITE COMPONENT...', e.g. "
                                "'http://ppa.example/ubuntu noble main'")
-    return AptRepo(words[0], words[1], tuple(words[2:]) or ("main",), key)
+    return AptRepo(src.uri, src.suites[0], src.components or ("main",),
+                   src.signed_by or default_key)
 
 
 @dataclass(frozen=True)

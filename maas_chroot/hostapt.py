@@ -24,27 +24,30 @@ class AptSource:
     signed_by: str | None = None
 
 
+def parse_line(line: str) -> AptSource | None:
+    """One ``deb [opts] URI SUITE [COMPONENT...]`` line (``sources.list`` format), or None."""
+    words = line.split("#", 1)[0].split()
+    if not words or words[0] != "deb":
+        return None
+    words = words[1:]
+    signed_by = None
+    if words and words[0].startswith("["):
+        opts = []
+        while words:
+            w = words.pop(0)
+            opts.append(w.strip("[]"))
+            if w.endswith("]"):
+                break
+        for o in opts:
+            if o.startswith("signed-by="):
+                signed_by = o.split("=", 1)[1]
+    if len(words) < 2:
+        return None
+    return AptSource(words[0], (words[1],), tuple(words[2:]), signed_by)
+
+
 def _one_line(text: str) -> list[AptSource]:
-    out = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line.startswith("deb "):
-            continue
-        words = line.split()[1:]
-        signed_by = None
-        if words and words[0].startswith("["):
-            opts = []
-            while words:
-                w = words.pop(0)
-                opts.append(w.strip("[]"))
-                if w.endswith("]"):
-                    break
-            for o in opts:
-                if o.startswith("signed-by="):
-                    signed_by = o.split("=", 1)[1]
-        if len(words) >= 2:
-            out.append(AptSource(words[0], (words[1],), tuple(words[2:]), signed_by))
-    return out
+    return [src for line in text.splitlines() if (src := parse_line(line)) is not None]
 
 
 def _deb822(text: str) -> list[AptSource]:

@@ -23,8 +23,9 @@ import logging
 import os
 import platform
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from .errors import MaasChrootError, UnsafePathError
 
@@ -193,23 +194,28 @@ def makedirs(root: str | os.PathLike[str], path: str, *, mode: int = 0o755) -> N
         os.close(rootfd)
 
 
-def write_file(root: str | os.PathLike[str], path: str, data: str | bytes, *,
+def write_file(root: str | os.PathLike[str], path: str, data: str | bytes | BinaryIO, *,
                mode: int = 0o644, uid: int = 0, gid: int = 0, mkdirs: bool = True) -> None:
     """Atomically create or replace the file ``path`` inside the root.
 
+    ``data`` is the content, or a binary file object streamed in 1 MiB chunks.
     Written to a temporary name in the same directory, then renamed over the
     leaf, so an existing symlink at ``path`` is replaced, never written through.
     """
-    payload = data.encode() if isinstance(data, str) else data
+    if isinstance(data, str | bytes):
+        chunks: Iterable[bytes] = [data.encode() if isinstance(data, str) else data]
+    else:
+        chunks = iter(lambda: data.read(1 << 20), b"")
     with parent_dir(root, path, create=mkdirs) as (dfd, name):
         tmp = f".{name}.maas-chroot-{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dfd)
         try:
             try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
             finally:
