@@ -13,11 +13,13 @@ sparse files, mtimes, non-UTF-8 names and long paths.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import functools
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -218,20 +220,42 @@ def argv0(proc: subprocess.Popen[bytes]) -> str:
     return str(proc.args[0])  # type: ignore[index]
 
 
+#: unsquashfs's progress bar line: "[====|   ] 600/1200  50%" (its stdout, split on \r).
+_SQFS_PROGRESS = re.compile(rb"(\d+)/(\d+)\s+\d+%")
+
+
 def _unsquashfs(src: str, dest: str, show: bool | None) -> None:
     # As root, unsquashfs restores owners, modes, xattrs (ACLs are xattrs), hard
     # links, devices and sparse files; -strict-errors makes any lost bit fatal.
-    # Smaller queues keep its memory flat (the default is 256 MB each).
+    # Smaller queues keep its memory flat (the default is 256 MB each). Its own
+    # progress bar (blocks done / total) drives ours, scaled to the image's size.
     total = os.stat(src).st_size
-    with _progress.bar(show, total=total, desc=f"extract {os.path.basename(src)}") as bar:
-        try:
-            run.run(["unsquashfs", "-no-progress", "-quiet", "-strict-errors", "-force",
-                     "-da", "32", "-fr", "32", "-dest", dest, src])
-        except CommandError as e:
-            raise ArchiveError(f"unsquashfs could not extract {src} into {dest}: {e}",
-                               path=src, hint="check the image (unsquashfs -stat) and the "
-                                              "free space at the destination") from e
-        bar.update(total)
+    argv = ["unsquashfs", "-strict-errors", "-force", "-da", "32", "-fr", "32",
+            "-dest", dest, src]
+    said: collections.deque[str] = collections.deque(maxlen=40)
+    with _progress.bar(show, total=total, desc=f"extract {os.path.basename(src)}") as bar, \
+            run.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        done, pending = 0, b""
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for line in lines:
+                m = _SQFS_PROGRESS.search(line)
+                if m:
+                    at = total * int(m[1]) // max(int(m[2]), 1)
+                    bar.update(at - done)
+                    done = at
+                elif line.strip():
+                    said.append(line.decode("utf-8", "replace"))
+        code = proc.wait()
+        if code == 0:
+            bar.update(total - done)
+    if code != 0:
+        log.debug("unsquashfs said:\n%s", "\n".join(said))
+        raise ArchiveError(f"unsquashfs could not extract {src} into {dest} "
+                           f"(exit code {code}): " + "\n".join(list(said)[-10:]),
+                           path=src, hint="check the image (unsquashfs -stat) and the "
+                                          "free space at the destination")
 
 
 # --- pack -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import signal
 import stat
@@ -18,6 +19,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import gnu_extract
@@ -220,6 +222,30 @@ def test_extract_squashfs_matches_unsquashfs(
             for k, v in hard_tree_snapshot.items()}
     assert want[b"bin/ping"]["xattrs"]
     assert_same(tree(ours), want)
+
+
+def test_extract_squashfs_progress_and_errors(hard_tree: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    img = tmp_path / "root.squashfs"
+    _run("mksquashfs", hard_tree, img, "-noappend", "-no-progress", "-quiet", "-comp", "gzip")
+    bars: list[Any] = []
+    real_bar = archive._progress.bar
+
+    def keep(show: bool | None, **kwargs: Any) -> Any:
+        bars.append(real_bar(True, file=io.StringIO(), **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(archive._progress, "bar", keep)
+    archive.extract(img, tmp_path / "ours", progress=True)
+    # unsquashfs's own bar drives ours, and it ends at the image's size
+    assert [(b.desc, b.total, b.n) for b in bars] == [
+        ("extract root.squashfs", img.stat().st_size, img.stat().st_size)]
+    bad = tmp_path / "bad.squashfs"
+    bad.write_bytes(b"hsqs" + bytes(8192))
+    with pytest.raises(ArchiveError, match="valid SQUASHFS superblock") as info:
+        archive.extract(bad, tmp_path / "bad")
+    assert info.value.path == str(bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_extract_into_existing_empty_dir_and_refuses_non_empty(
