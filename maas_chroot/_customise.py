@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -34,8 +35,11 @@ class AptRepo:
 
     @property
     def name(self) -> str:
+        """A file name for this source: readable, and unique per (URI, suite)."""
         host = re.sub(r"^[a-z+]+://", "", self.uri)
-        return re.sub(r"[^A-Za-z0-9]+", "-", f"{host}-{self.suite}").strip("-").lower()[:60]
+        readable = re.sub(r"[^A-Za-z0-9]+", "-", f"{host}-{self.suite}").strip("-").lower()
+        digest = hashlib.sha256(f"{self.uri} {self.suite}".encode()).hexdigest()[:8]
+        return f"{readable[:50].rstrip('-')}-{digest}"
 
 
 def parse_apt_source(line: str, default_key: str | None = None) -> AptRepo:

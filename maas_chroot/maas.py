@@ -46,7 +46,7 @@ from ._maasnames import (
     validate_filetype,
     validate_name,
 )
-from .errors import MaasApiError
+from .errors import ArchiveError, MaasApiError
 
 __all__ = ["CHUNK_SIZE", "FILETYPES", "BootResource", "MaasClient", "validate_name"]
 
@@ -218,6 +218,10 @@ class MaasClient:
         if base_image is not None:
             base_image = validate_base_image(base_image)
         file = Path(path) if isinstance(path, (str, os.PathLike)) else Path(path.path)
+        if not file.is_file():
+            raise ArchiveError(f"cannot upload {file}: it is not a file (or does not exist)",
+                               path=file, hint="give the path of a packed image, e.g. the "
+                                               "output of maas-chroot build -o FILE")
         filetype = filetype or infer_filetype(file)       # cheap checks before the long read
         if base_image is None:
             found = (_maasnames.sniff_ubuntu_release(file, filetype)

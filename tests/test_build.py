@@ -12,6 +12,7 @@ import pytest
 import maas_chroot as mc
 from maas_chroot import bootstrap, hostapt, rootfs
 from maas_chroot.build import BuildResult
+from maas_chroot.errors import SourceError
 from tests.maas_server import serve
 
 
@@ -40,6 +41,21 @@ def test_result_repr_shows_every_step_and_the_total() -> None:
 
 @pytest.mark.skipif(any("noble" in s.suites for s in hostapt.sources()),
                     reason="this host's apt carries noble")
+def test_apt_source_lines_parse_and_get_distinct_file_names() -> None:
+    from maas_chroot._customise import parse_apt_source
+
+    long = "https://artifactory.corp.example.com/artifactory/ubuntu-remote"
+    upd = parse_apt_source(f"{long} noble-updates main universe", "/k.gpg")
+    sec = parse_apt_source(f"deb [signed-by=/s.gpg] {long} noble-security")
+    assert (upd.uri, upd.suite, upd.components, upd.key) == (
+        long, "noble-updates", ("main", "universe"), "/k.gpg")
+    assert (sec.suite, sec.components, sec.key) == ("noble-security", ("main",), "/s.gpg")
+    assert upd.name != sec.name   # each gets its own .sources file and keyring
+    assert all(len(r.name) <= 59 and r.name.startswith("artifactory-corp") for r in (upd, sec))
+    with pytest.raises(SourceError, match="not an apt source line"):
+        parse_apt_source("noble main")
+
+
 def test_bootstrap_of_a_suite_the_host_lacks_asks_for_a_mirror() -> None:
     with pytest.raises(mc.SourceError) as exc:
         bootstrap.resolve("noble")

@@ -261,6 +261,10 @@ def test_bad_names_are_refused_before_any_network_traffic(fake: FakeMaas,
             c.upload(image, progress=False, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ImageNameError, match="use 'ubuntu/noble'"):
         c.upload(image, name="ok", base_image="ubuntu/24.04", progress=False)
+    for missing in (tmp_path / "nope.tgz", tmp_path):
+        with pytest.raises(ArchiveError, match="not a file") as info:
+            c.upload(missing, name="ok", progress=False)
+        assert info.value.path == str(missing)
     assert fake.log == []
 
 
