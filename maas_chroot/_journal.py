@@ -8,8 +8,8 @@ rewritten atomically *before* each change, so after a SIGKILL
 :func:`replay` can put everything back.
 
 The lock is an ``flock`` on a host file named after the root's device and
-inode (under ``/run/lock/maas-chroot``, never inside the image, so it cannot
-ship in a packed image). The kernel drops it when the holder dies.
+inode (under the root-only ``/run/maas-chroot``, never inside the image, so it
+cannot ship in a packed image). The kernel drops it when the holder dies.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from .errors import ChrootBusyError, ChrootError, UnsafePathError
 
 log = logging.getLogger(__name__)
 
-LOCK_DIRS = ("/run/lock/maas-chroot", "/run/maas-chroot")
+#: Root-only (0700) directory of the session locks; never world-writable /run/lock.
+LOCK_DIRS = ("/run/maas-chroot",)
 VERSION = 1
 
 
@@ -106,21 +107,49 @@ def undo(root: str, action: dict[str, object]) -> str:
     return f"removed mount point {path}"
 
 
-def lock_path(root: str) -> str:
-    st = os.stat(root)
+def _lock_dir(root: str) -> int:
+    """An fd to the root-only directory of the session locks (created 0700 if missing).
+
+    Refuses a directory it did not make safe: a symlink, a non-directory, or one
+    that is not owned by root or is writable by group/others (a local user could
+    have planted it to make root create files where they choose).
+    """
     for d in LOCK_DIRS:
-        parent = os.path.dirname(d)
-        if os.path.isdir(parent):
-            os.makedirs(d, mode=0o755, exist_ok=True)
-            return os.path.join(d, f"{st.st_dev}-{st.st_ino}.lock")
-    raise ChrootError("no /run/lock or /run directory for the session lock", root=root)
+        if not os.path.isdir(os.path.dirname(d)):
+            continue
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+        hint = (f"remove {d} (it must be a directory owned by root, mode 0700); "
+                "maas-chroot recreates it")
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise ChrootError(f"unsafe session lock directory {d}: {e.strerror} (a symlink or "
+                              "not a directory)", root=root, hint=hint) from e
+        st = os.fstat(fd)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            os.close(fd)
+            raise ChrootError(f"unsafe session lock directory {d}: owned by uid {st.st_uid}, "
+                              f"mode {stat.S_IMODE(st.st_mode):o}", root=root, hint=hint)
+        return fd
+    raise ChrootError(f"no directory for the session lock ({', '.join(LOCK_DIRS)})", root=root,
+                      hint="mount a tmpfs on /run")
+
+
+def _open_lock(root: str) -> int:
+    st = os.stat(root)
+    dfd = _lock_dir(root)
+    try:
+        return os.open(f"{st.st_dev}-{st.st_ino}.lock",
+                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 @contextlib.contextmanager
 def locked(root: str, *, purpose: str = "a chroot session") -> Iterator[None]:
     """Hold the exclusive session lock of ``root``; refuse at once if someone else has it."""
-    path = lock_path(root)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = _open_lock(root)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
