@@ -44,13 +44,19 @@ class Journal:
     started: float = field(default_factory=time.time)
     actions: list[dict[str, object]] = field(default_factory=list)
 
-    def add_swap(self, entry: rootfs.Entry) -> None:
-        self.actions.append({"op": "swap", "entry": entry.to_json()})
-        self.save()
+    def add_swap(self, entry: rootfs.Entry) -> dict[str, object]:
+        """Record (and save) that ``entry.path`` is about to be replaced; returns the action."""
+        return self._add({"op": "swap", "entry": entry.to_json()})
 
-    def add_mkdir(self, path: str) -> None:
-        self.actions.append({"op": "mkdir", "path": path})
+    def add_mkdir(self, path: str, *, file: bool = False) -> dict[str, object]:
+        """Record (and save) that a mount point (a directory, or an empty ``file``) is about
+        to be created at ``path``; returns the action."""
+        return self._add({"op": "file" if file else "mkdir", "path": path})
+
+    def _add(self, action: dict[str, object]) -> dict[str, object]:
+        self.actions.append(action)
         self.save()
+        return action
 
     def save(self) -> None:
         doc = {"version": VERSION, "pid": self.pid, "started": self.started,

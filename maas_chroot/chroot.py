@@ -188,10 +188,7 @@ class Chroot:
             if _checks.exists_in(str(self._root), sub):
                 continue
             last = i == len(parts) - 1
-            action: dict[str, object] = {"op": "mkdir" if directory or not last else "file",
-                                         "path": sub}
-            self._journal.actions.append(action)
-            self._journal.save()
+            action = self._journal.add_mkdir(sub, file=not (directory or not last))
             self._stack.callback(self._undo, action)
             with rootfs.parent_dir(str(self._root), sub) as (dfd, name):
                 if directory or not last:
@@ -359,9 +356,7 @@ class Chroot:
         root = str(self._root)
         if p not in self._swapped:
             entry = rootfs.snapshot(root, p)
-            action: dict[str, object] = {"op": "swap", "entry": entry.to_json()}
-            self._journal.actions.append(action)
-            self._journal.save()
+            action = self._journal.add_swap(entry)
             self._swapped.add(p)
             stack.callback(self._undo, action)
         rootfs.write_file(root, p, data, mode=mode, mkdirs=False)
