@@ -14,10 +14,12 @@ sha256 of the bytes as they go to disk, so the output is never read twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -35,6 +37,11 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; keep working 
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20
+#: zlib-ng's threaded gzip writer hands block i to compressor i % threads, and each
+#: compressor's state carries over between its blocks: the bytes depend on the
+#: thread count (1, 2 and 4 threads give three different streams). A reproducible
+#: stream therefore always uses this many compressors, whatever the machine.
+GZIP_STREAMS = 4
 
 #: compression name -> canonical kind
 KINDS = {"gzip": "gzip", "gz": "gzip", "tgz": "gzip", "xz": "xz", "txz": "xz",
@@ -77,17 +84,22 @@ def gzip_backend() -> str:
     return "zlib" if _gzip_ng is None else "zlib-ng"
 
 
-def open_gzip(raw: HashingFile, level: int, threads: int) -> Stream:
+def open_gzip(raw: HashingFile, level: int, threads: int, *,
+              reproducible: bool = True) -> Stream:
     """A gzip stream (header mtime 0, no file name) over ``raw``.
 
-    The output depends on the level and block size only, never on ``threads``.
+    With ``reproducible``, the stream always runs :data:`GZIP_STREAMS`
+    compressor threads, so the output depends on the level and block size
+    only, never on ``threads`` or the machine's core count. Without it,
+    ``threads`` compressors run (the bytes then depend on ``threads``).
     """
     if _gzip_ng is None:
         log.info("zlib-ng is not installed: falling back to single-threaded zlib gzip")
         fallback: Stream = gzip.GzipFile(filename="", mode="wb", compresslevel=level,
                                          fileobj=raw, mtime=0)
         return fallback
-    stream: Stream = _gzip_ng.open(raw, "wb", compresslevel=level, threads=threads,
+    nthreads = GZIP_STREAMS if reproducible else max(1, threads)
+    stream: Stream = _gzip_ng.open(raw, "wb", compresslevel=level, threads=nthreads,
                                    block_size=BLOCK)
     return stream
 
@@ -152,13 +164,38 @@ class ProcessStream:
         self._stack.close()
 
 
+def xz_threads(threads: int) -> str:
+    """xz's ``-T`` value for ``threads`` that always selects the multi-threaded encoder.
+
+    ``xz -T1`` is the single-threaded encoder, whose output differs from
+    ``-T2``, ``-T4``... (those agree: the multi-threaded encoder splits the input
+    into fixed-size blocks). ``-T+1`` (xz >= 5.4) is the multi-threaded encoder
+    with one thread; an older xz gets ``-T2``.
+    """
+    if threads > 1:
+        return str(threads)
+    return "+1" if _xz_has_plus_one() else "2"
+
+
+@functools.cache
+def _xz_has_plus_one() -> bool:
+    out = run.run(["xz", "--robot", "--version"], capture=True, check=False).stdout or ""
+    m = re.search(r"XZ_VERSION=(\d+)", out)
+    # XZ_VERSION=50040012 is 5.4.1: major*10000000 + minor*10000 + patch*10 + stability
+    return m is not None and int(m[1]) >= 50040000
+
+
 def open_stream(kind: str, raw: HashingFile, *, level: int, threads: int,
-                where: str) -> Stream:
-    """The compressed stream for ``kind`` ("gzip", "xz", "bzip2") over ``raw``."""
+                where: str, reproducible: bool = True) -> Stream:
+    """The compressed stream for ``kind`` ("gzip", "xz", "bzip2") over ``raw``.
+
+    gzip (with ``reproducible``) and xz give the same bytes for any ``threads``.
+    """
     if kind == "gzip":
-        return open_gzip(raw, level, threads)
+        return open_gzip(raw, level, threads, reproducible=reproducible)
     if kind == "xz":
-        return ProcessStream(["xz", "-z", "-c", "-q", f"-{level}", f"-T{threads}"], raw, where)
+        return ProcessStream(["xz", "-z", "-c", "-q", f"-{level}", f"-T{xz_threads(threads)}"],
+                             raw, where)
     tool = "lbzip2" if shutil.which("lbzip2") else "bzip2"
     argv = [tool, "-z", "-c", f"-{level}"] + ([f"-n{threads}"] if tool == "lbzip2" else [])
     return ProcessStream(argv, raw, where)

@@ -269,7 +269,12 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     Atomic (temp file beside ``out``, renamed at the end; a killed pack leaves
     at most a ``.<name>.*.part`` file, never a partial ``out``), and, with
     ``reproducible``, deterministic: sorted entries, no atime/ctime, mtimes
-    clamped to ``SOURCE_DATE_EPOCH`` when set, gzip header mtime 0.
+    clamped to ``SOURCE_DATE_EPOCH`` when set, gzip header mtime 0, and the
+    same bytes whatever ``threads`` or the machine's core count (gzip then
+    always runs a fixed number of compressor threads; xz always uses its
+    multi-threaded encoder, whose blocks do not depend on the thread count).
+    ``threads`` (default: the usable cores) sizes xz/lbzip2, and gzip when
+    ``reproducible`` is false.
     """
     kind = _compress.KINDS.get(compression)
     where = os.fspath(out)
@@ -290,7 +295,7 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
         with _atomic_output(dest) as raw, \
                 _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
             stream = _compress.open_stream(kind, raw, level=level, threads=nthreads,
-                                           where=where)
+                                           where=where, reproducible=reproducible)
             try:
                 _mktar.write_tree(src, stream.write, where=where, clamp=clamp,
                                   sort=reproducible, on_bytes=bar.update)
