@@ -102,11 +102,15 @@ def undo(root: str, action: dict[str, object]) -> str:
                     return f"kept {path} (not an empty file)"
                 os.unlink(name, dir_fd=dfd)
                 return f"removed mount point {path}"
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):  # never rmdir through a symlink
+                log.warning("left %s in %s: it is no longer a directory", path, root)
+                return f"kept {path} (not a directory)"
             os.rmdir(name, dir_fd=dfd)
     except (FileNotFoundError, UnsafePathError):
         return f"{path} already gone"
     except OSError as e:
-        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY, errno.ENOTDIR):
             log.warning("left %s in %s: it is not empty (%s)", path, root, e.strerror)
             return f"kept {path} (not empty)"
         raise

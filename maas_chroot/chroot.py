@@ -20,6 +20,7 @@ off one root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shlex
@@ -185,9 +186,9 @@ class Chroot:
         parts = [c for c in path.split("/") if c]
         for i in range(len(parts)):
             sub = "/" + "/".join(parts[: i + 1])
-            if _checks.exists_in(str(self._root), sub):
-                continue
             last = i == len(parts) - 1
+            if self._mount_point_exists(sub, directory=directory or not last, target=path):
+                continue
             action = self._journal.add_mkdir(sub, file=not (directory or not last))
             self._stack.callback(self._undo, action)
             with rootfs.parent_dir(str(self._root), sub) as (dfd, name):
@@ -196,6 +197,37 @@ class Chroot:
                 else:
                     os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                      | os.O_CLOEXEC, 0o644, dir_fd=dfd))
+
+    def _mount_point_exists(self, sub: str, *, directory: bool, target: str) -> bool:
+        """Whether ``sub`` resolves in the root; refuse what the session must not create.
+
+        A dangling symlink (or a loop, or a file where a directory is needed) is an
+        image problem: creating the mount point would fail or go through the link.
+        """
+        root = str(self._root)
+        hint = (f"fix or remove {sub} in the image (e.g. ch.run(['rm', '{sub}']) in a session "
+                f"without this bind), or bind onto another path than {target}")
+        try:
+            fd = rootfs.open_in_root(root, sub, os.O_PATH)
+        except OSError as e:
+            st = rootfs.lstat(root, sub)
+            if st is None and e.errno == errno.ENOENT:
+                return False
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                with rootfs.parent_dir(root, sub) as (dfd, name):
+                    what = f"a symlink to {os.readlink(name, dir_fd=dfd)!r} that does not resolve"
+            else:
+                what = f"not usable ({e.strerror})"
+            raise ChrootError(f"cannot make the mount point {target} in {root}: {sub} is {what}",
+                              root=root, hint=hint) from None
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        if directory and not is_dir:
+            raise ChrootError(f"cannot make the mount point {target} in {root}: {sub} is not a "
+                              "directory (or a symlink to one)", root=root, hint=hint)
+        return True
 
     def _undo(self, action: dict[str, object]) -> None:
         try:

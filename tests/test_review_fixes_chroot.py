@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 import maas_chroot as mc
-from maas_chroot import _journal
+from maas_chroot import _journal, rootfs
 
 pytestmark = pytest.mark.root
 
@@ -57,3 +59,64 @@ def test_planted_user_lock_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
           _journal.locked(str(root))):
         pass
     assert os.listdir(lockdir) == []
+
+
+# --- C1: a dangling symlink at a mount-point path --------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Type, mode, owner and content/target of everything in a tree (not times)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            meta: tuple[object, ...] = (st.st_mode, st.st_uid, st.st_gid)
+            if stat.S_ISREG(st.st_mode):
+                meta += (hashlib.sha256(Path(p).read_bytes()).hexdigest(),)
+            elif stat.S_ISLNK(st.st_mode):
+                meta += (os.readlink(p),)
+            out[os.path.relpath(p, root)] = meta
+    return out
+
+
+@pytest.mark.parametrize(("link", "bind_dst"), [
+    ("/nowhere", "/mnt/data"),       # dangling, on the path to the mount point
+    ("/nowhere", "/mnt"),            # dangling leaf
+    ("/etc/hostname", "/mnt/data"),  # resolves, but to a file where a directory is needed
+    ("/mnt", "/mnt"),                # a loop
+])
+def test_unusable_symlink_at_a_mount_point_is_refused_untouched(
+        minbase_root: Path, tmp_path: Path, link: str, bind_dst: str) -> None:
+    (minbase_root / "mnt").rmdir()
+    (minbase_root / "mnt").symlink_to(link)
+    data = tmp_path / "data"
+    data.mkdir()
+    before = snapshot(minbase_root)
+    with (pytest.raises(mc.ChrootError, match="cannot make the mount point") as e,
+          mc.Chroot(minbase_root, binds={data: bind_dst})):
+        pass
+    assert "/mnt" in e.value.message and e.value.hint
+    assert snapshot(minbase_root) == before
+    assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
+    assert mc.recover(minbase_root) is None
+
+
+def test_recover_completes_when_a_journaled_mkdir_is_no_longer_a_directory(
+        minbase_root: Path) -> None:
+    (minbase_root / "mnt").rmdir()
+    (minbase_root / "mnt").symlink_to("/nowhere")          # became a dangling symlink
+    (minbase_root / "srv").rmdir()
+    (minbase_root / "srv").symlink_to("/etc")               # a symlink to a directory
+    (minbase_root / "opt").rmdir()
+    (minbase_root / "opt").write_text("a file\n")           # parent is now a file: ENOTDIR
+    j = _journal.Journal(str(minbase_root), pid=999999)
+    for p in ("/mnt", "/srv", "/opt/x", "/gone"):
+        j.add_mkdir(p)
+    before = snapshot(minbase_root)
+    del before[rootfs.JOURNAL_NAME]
+    report = mc.recover(minbase_root)
+    assert report is not None and len(report.undone) == 4
+    assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
+    assert snapshot(minbase_root) == before
+    assert (minbase_root / "etc" / "hostname").exists()
