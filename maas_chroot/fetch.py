@@ -67,7 +67,16 @@ def default_cache_dir() -> Path:
 def cache_path(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where ``url`` is cached: ``<cache>/<host>[_<port>]/<url path>``."""
     parsed = urllib.parse.urlsplit(url)
-    host = (parsed.hostname or "localhost") + (f"_{parsed.port}" if parsed.port else "")
+    hostname = parsed.hostname or ""
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+        hostname = ""
+    if hostname in ("", ".", "..") or "/" in hostname or "\0" in hostname:
+        raise SourceError(f"URL {url!r} has no usable host name",
+                          hint="give a URL of the form http://HOST[:PORT]/path/to/image")
+    host = hostname + (f"_{port}" if port else "")
     parts = [urllib.parse.unquote(p) for p in parsed.path.split("/") if p]
     if not parts or any(p in (".", "..") or "/" in p or "\0" in p for p in parts):
         raise SourceError(f"URL {url!r} has no usable file path",
@@ -75,7 +84,13 @@ def cache_path(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Pat
     if parsed.query:
         parts[-1] += "_" + urllib.parse.quote(parsed.query, safe="")[:100]
     base = Path(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
-    return base.joinpath(host, *parts)
+    path = base.joinpath(host, *parts)
+    top = os.path.normpath(os.path.abspath(base))
+    if os.path.commonpath([top, os.path.normpath(os.path.abspath(path))]) != top \
+            or len(path.parts) != len(base.parts) + 1 + len(parts):
+        raise SourceError(f"URL {url!r} would be cached outside {base}",
+                          hint="give a URL of the form http://HOST[:PORT]/path/to/image")
+    return path
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from maas_chroot import archive
+from maas_chroot.errors import SourceError
+from maas_chroot.fetch import cache_path, fetch
 
 
 def _text_tree(root: Path) -> Path:
@@ -33,3 +35,15 @@ def test_pack_bytes_do_not_depend_on_the_thread_count(tmp_path: Path, compressio
                         threads=n, progress=False).sha256
         for n in (1, 2, 4)}
     assert len(set(digests.values())) == 1, digests
+
+
+@pytest.mark.parametrize("url", ["http://../x/y.img", "http://./x/y.img", "http:///x/y.img",
+                                 "http://..:8080/x/y.img"])
+def test_cache_path_refuses_hosts_that_leave_the_cache(tmp_path: Path, url: str) -> None:
+    cache = tmp_path / "a" / "cache"
+    with pytest.raises(SourceError, match="host name") as err:
+        cache_path(url, cache)
+    assert url in str(err.value)
+    with pytest.raises(SourceError):
+        fetch(url, sha256="0" * 64, cache_dir=cache, retries=0)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
