@@ -164,13 +164,37 @@ def locked(root: str, *, purpose: str = "a chroot session") -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             raise ChrootBusyError(
-                f"cannot start {purpose}: {root} is in use by a live session (pid {holder})",
-                root=root, hint="wait for that session to end; two sessions must never share a "
-                                "root") from None
+                f"cannot start {purpose}: {root} is in use by {holder}",
+                root=root, hint="wait for it to end; a session, sysprep, pack or copy of a "
+                                "root must never overlap another") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({purpose})\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(root: str | os.PathLike[str], purpose: str) -> Iterator[None]:
+    """Keep chroot sessions off ``root`` while ``purpose`` (e.g. ``"pack"``) reads or scrubs it.
+
+    Takes the session lock without waiting (:class:`ChrootBusyError` naming the holder
+    if a session has it) and refuses a journal a killed session left behind, whose
+    temporary files (policy-rc.d, the host's resolv.conf) are still in the tree.
+    Without root the lock cannot be taken (its directory is root-only; sessions need
+    root anyway), so only the journal is checked.
+    """
+    top = os.fspath(root)
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(locked(top, purpose=purpose))
+        else:
+            log.debug("%s: not root, so %s does not take the session lock", top, purpose)
+        if os.path.lexists(os.path.join(top, rootfs.JOURNAL_NAME)):
+            raise ChrootBusyError(
+                f"cannot {purpose} {top}: it has the journal ({rootfs.JOURNAL_NAME}) of a "
+                "chroot session that was killed before it could clean up", root=top,
+                hint=f"run maas_chroot.recover({top!r}) (or `maas-chroot recover {top}`) first")
+        yield

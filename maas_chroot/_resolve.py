@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from . import _journal, rootfs, run
 from . import bootstrap as _bootstrap
-from . import rootfs, run
 from .errors import SourceError
 from .sources import ImageSource
 
@@ -93,13 +93,10 @@ def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path
     if mounted:
         raise SourceError(f"cannot copy {s}: something is mounted below it ({mounted[0]})",
                           hint=f"unmount it first (umount -R {mounted[-1]})")
-    if os.path.lexists(os.path.join(s, rootfs.JOURNAL_NAME)):
-        raise SourceError(
-            f"cannot copy {s}: a chroot session is live there or was killed",
-            hint=f"wait for it to end, or run: maas-chroot recover {s}")
-    if os.path.isdir(d) and not os.listdir(d):
-        os.rmdir(d)
-    # --archive keeps owners, modes, times, xattrs, ACLs and hardlinks; -x stays on one
-    # filesystem; -T copies the directory itself to ``dest``.
-    run.run(["cp", "--archive", "--one-file-system", "--reflink=auto", "-T", s, d])
+    with _journal.exclusive(s, "copy"):  # no session may change it while it is copied
+        if os.path.isdir(d) and not os.listdir(d):
+            os.rmdir(d)
+        # --archive keeps owners, modes, times, xattrs, ACLs and hardlinks; -x stays on one
+        # filesystem; -T copies the directory itself to ``dest``.
+        run.run(["cp", "--archive", "--one-file-system", "--reflink=auto", "-T", s, d])
     return Path(d)

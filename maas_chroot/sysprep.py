@@ -11,20 +11,22 @@ each can be skipped with ``keep=``. Safety rules, for every operation:
   ``/var/log``, apt lists) is left alone when it is itself a symlink, since
   ``/tmp -> ../../..`` would otherwise name the whole image;
 * no directory on another filesystem is entered, and a root with anything
-  mounted below it, or with a live or killed :class:`~maas_chroot.Chroot`
-  session's journal, is refused.
+  mounted below it, with a live :class:`~maas_chroot.Chroot` session, or with
+  the journal of a killed one, is refused; sysprep holds the session lock, so no
+  session can start on the root while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
 from collections.abc import Callable, Iterable
 
+from . import _journal, rootfs
 from . import progress as _progress
-from . import rootfs
 from ._scrub import Scrub
 from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport, human_size
 from .errors import ChrootBusyError, ChrootError, MaasChrootError
@@ -156,12 +158,6 @@ def _check_root(root: str) -> None:
     if not os.path.isdir(root):
         raise ChrootError(f"sysprep: {root} is not a directory", root=root,
                           hint="pass the directory a rootfs was extracted into")
-    if os.path.lexists(os.path.join(root, rootfs.JOURNAL_NAME)):
-        raise ChrootBusyError(
-            f"sysprep: {root} has a chroot session journal ({rootfs.JOURNAL_NAME}): a session "
-            "is still open on it, or one was killed before it could clean up", root=root,
-            hint=f"leave the `with Chroot(...)` block first, or run "
-                 f"maas_chroot.recover({root!r}) to undo a killed session")
     mounted = rootfs.mounts_under(root)
     if mounted:
         raise ChrootBusyError(f"sysprep: something is mounted below {root} ({mounted[0]})",
@@ -182,8 +178,10 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
         raise MaasChrootError(f"sysprep: unknown operation(s) in keep: {', '.join(unknown)}",
                               hint=f"choose from: {', '.join(OPERATIONS)}")
     _check_root(top)
-    rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_journal.exclusive(top, "sysprep"))  # no session starts meanwhile
+        rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        stack.callback(os.close, rootfd)
         s = Scrub(top, rootfd)
         results = []
         with _progress.bar(progress, total=len(OPERATIONS), desc="sysprep", unit="op") as bar:
@@ -197,8 +195,6 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
                     results.append(SysprepOperation(name, tuple(s.items[start:])))
                 bar.update(1)
         warnings, kernels, cloud_init, netplan = _inspect(s)
-    finally:
-        os.close(rootfd)
     notes = list(dict.fromkeys(s.notes))  # one note per path, in order
     if not kernels:
         notes.append("no kernel is installed (no /boot/vmlinuz-*, no /lib/modules/*): "

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import maas_chroot as mc
-from maas_chroot import _journal, rootfs
+from maas_chroot import _journal, _resolve, rootfs
 
 pytestmark = pytest.mark.root
+
+sysprep_mod = importlib.import_module("maas_chroot.sysprep")  # the package re-exports the function
 
 
 # --- H1: the lock directory is root-only and never followed through a planted path ----------
@@ -120,3 +125,56 @@ def test_recover_completes_when_a_journaled_mkdir_is_no_longer_a_directory(
     assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
     assert snapshot(minbase_root) == before
     assert (minbase_root / "etc" / "hostname").exists()
+
+
+# --- C2: sysprep and copies hold the session lock (no check-then-act on the journal) ---------
+
+
+def test_sysprep_and_copy_refuse_a_live_session(minbase_root: Path, tmp_path: Path) -> None:
+    with mc.Chroot(minbase_root):
+        before = snapshot(minbase_root)
+        with pytest.raises(mc.ChrootBusyError, match="cannot start sysprep") as e:
+            mc.sysprep(minbase_root, progress=False)
+        assert f"pid {os.getpid()} (a chroot session)" in str(e.value)
+        with pytest.raises(mc.ChrootBusyError, match="cannot start copy"):
+            _resolve.copy_tree(minbase_root, tmp_path / "copy")
+        assert snapshot(minbase_root) == before
+        assert not (tmp_path / "copy").exists()
+
+
+def test_a_session_cannot_start_while_sysprep_runs(minbase_root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    started, release = threading.Event(), threading.Event()
+    real = sysprep_mod._OPS["machine-id"]
+
+    def slow(s: Any) -> None:
+        started.set()
+        release.wait(60)
+        real(s)
+
+    monkeypatch.setitem(sysprep_mod._OPS, "machine-id", slow)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(
+        mc.sysprep(minbase_root, progress=False)))
+    worker.start()
+    try:
+        assert started.wait(60)
+        with (pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(sysprep\)"),
+              mc.Chroot(minbase_root)):
+            pass
+    finally:
+        release.set()
+        worker.join(60)
+    assert isinstance(result[0], mc.SysprepReport)
+    assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
+    assert not (minbase_root / "usr/sbin/policy-rc.d").exists()
+    with mc.Chroot(minbase_root):  # the lock is free again
+        pass
+
+
+def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
+    (tmp_path / rootfs.JOURNAL_NAME).write_text("{}")
+    with (pytest.raises(mc.ChrootBusyError, match="cannot pack") as e,
+          _journal.exclusive(tmp_path, "pack")):
+        pass
+    assert "recover(" in str(e.value)
