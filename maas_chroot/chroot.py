@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from . import _checks, _copyin, _journal, _netns, rootfs
 from . import run as _run
@@ -270,22 +270,39 @@ class Chroot:
     def _env(env: Mapping[str, str] | None) -> dict[str, str]:
         return {**CHROOT_ENV, **(env or {})}
 
+    @overload
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = ...,
+            capture: bool = ..., input: bytes, env: Mapping[str, str] | None = ...
+            ) -> subprocess.CompletedProcess[bytes]: ...
+
+    @overload
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = ...,
+            capture: bool = ..., input: str | None = ..., env: Mapping[str, str] | None = ...
+            ) -> subprocess.CompletedProcess[str]: ...
+
+    @overload
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = ...,
+            capture: bool = ..., input: str | bytes | None = ...,
+            env: Mapping[str, str] | None = ...) -> subprocess.CompletedProcess[Any]: ...
+
     def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = True,
             capture: bool = False, input: str | bytes | None = None,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[Any]:
         """Run ``argv`` inside the chroot; raise :class:`CommandError` if it fails (``check``).
 
         stderr is always captured (and kept in the error); stdout only with ``capture``.
+        With ``bytes`` input the command runs in binary mode: its input is passed
+        through unchanged and the result's stdout/stderr are ``bytes``; otherwise they
+        are ``str`` (undecodable bytes replaced).
         """
         self._active()
         args = _argv(argv)
-        if isinstance(input, bytes):
-            input = input.decode()
         status_r, status_w = os.pipe()
         try:
             try:
                 proc = _run.run(self._helper(args, status_w), check=False, capture=capture,
-                                input=input, env=self._env(env), pass_fds=self._fds([status_w]))
+                                input=input, text=not isinstance(input, bytes),
+                                env=self._env(env), pass_fds=self._fds([status_w]))
             finally:
                 os.close(status_w)
             with os.fdopen(os.dup(status_r), "rb") as f:
@@ -294,15 +311,16 @@ class Chroot:
             os.close(status_r)
         return self._result(args, proc, status, check=check)
 
-    def _result(self, args: list[str], proc: subprocess.CompletedProcess[str], status: str, *,
-                check: bool) -> subprocess.CompletedProcess[str]:
+    def _result(self, args: list[str], proc: subprocess.CompletedProcess[Any], status: str, *,
+                check: bool) -> subprocess.CompletedProcess[Any]:
+        out, err = _text(proc.stdout), _text(proc.stderr)
         kind, _, value = status.partition(" ")
         if kind == "setup":
             raise ChrootError(f"cannot run {shlex.join(args)} in {self._root}: {value}",
                               root=self._root, hint="run as root on Linux with namespaces")
         if kind == "notfound":
             if check:
-                raise CommandError(args, 127, proc.stdout, proc.stderr,
+                raise CommandError(args, 127, out, err,
                                    message=f"command {args[0]!r} was not found in the image "
                                            f"{self._root}",
                                    hint=f"install the package that provides {args[0]!r} "
@@ -315,7 +333,7 @@ class Chroot:
         else:
             code = proc.returncode
         if check and code != 0:
-            raise CommandError(args, code, proc.stdout, proc.stderr)
+            raise CommandError(args, code, out, err)
         return subprocess.CompletedProcess(args, code, proc.stdout, proc.stderr)
 
     @contextlib.contextmanager
@@ -362,18 +380,33 @@ class Chroot:
 
     def copy_in(self, host_src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                 mode: int | None = None) -> None:
-        """Copy a host file or directory tree to ``dest`` in the image (root-owned)."""
+        """Copy a host file or directory tree to ``dest`` in the image (root-owned).
+
+        Like ``cp``: a ``dest`` ending in ``/`` (created if missing) receives the
+        source under its own name, and so does an existing directory ``dest`` for a
+        file source; a directory source is merged into an existing directory ``dest``.
+        """
         self._active()
+        root = str(self._root)
         src, dst = os.fspath(host_src), _checks.inroot(dest)
-        st = os.stat(src)
+        try:
+            st = os.stat(src)
+        except OSError as e:
+            raise ChrootError(f"cannot copy {src} into {root}: {e.strerror}", root=root,
+                              hint="give an existing host file or directory") from None
+        there = _stat_in(root, dst)
+        if stat.S_ISDIR(st.st_mode) and there and not stat.S_ISDIR(there):
+            raise ChrootError(f"cannot copy the directory {src} onto {dst} in {root}: it "
+                              "exists and is not a directory", root=root,
+                              hint=f"remove {dst} in the image first, or copy into {dst}/...")
+        if dst.endswith("/") or (stat.S_ISREG(st.st_mode) and stat.S_ISDIR(there)):
+            dst = f"{dst.rstrip('/')}/{os.path.basename(src.rstrip('/'))}"
         if stat.S_ISDIR(st.st_mode):
-            _copyin.copy_tree(str(self._root), src, dst)
+            _copyin.copy_tree(root, src, dst)
         elif stat.S_ISREG(st.st_mode):
-            _copyin.copy_file(str(self._root), src, dst,
-                       stat.S_IMODE(st.st_mode) if mode is None else mode)
+            _copyin.copy_file(root, src, dst, stat.S_IMODE(st.st_mode) if mode is None else mode)
         else:
-            raise ChrootError(f"cannot copy {src}: not a regular file or directory",
-                              root=self._root)
+            raise ChrootError(f"cannot copy {src}: not a regular file or directory", root=root)
 
     def temporary_file(self, path: str | os.PathLike[str], data: str | bytes, *,
                        mode: int = 0o644) -> None:
@@ -411,6 +444,22 @@ def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
     if not argv:
         raise ValueError("argv must not be empty")
     return [os.fspath(a) for a in argv]
+
+
+def _text(data: str | bytes | None) -> str | None:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _stat_in(root: str, path: str) -> int:
+    """The file type bits of ``path`` resolved inside the root (symlinks followed), 0 if none."""
+    try:
+        fd = rootfs.open_in_root(root, path.rstrip("/") or "/", os.O_PATH)
+    except OSError:
+        return 0
+    try:
+        return os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

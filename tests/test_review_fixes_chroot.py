@@ -7,6 +7,7 @@ import importlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,64 @@ def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
           _journal.exclusive(tmp_path, "pack")):
         pass
     assert "recover(" in str(e.value)
+
+
+# --- C4: copy_in like cp, and binary input to run() ------------------------------------------
+
+
+def test_copy_in_missing_source_and_into_directories(shared_root: Path, tmp_path: Path) -> None:
+    f = tmp_path / "app.conf"
+    f.write_text("app\n")
+    tree_src = tmp_path / "tree"
+    (tree_src / "sub").mkdir(parents=True)
+    (tree_src / "sub" / "b").write_text("b\n")
+    try:
+        with mc.Chroot(shared_root) as ch:
+            with pytest.raises(mc.ChrootError, match="cannot copy /missing") as e:
+                ch.copy_in("/missing", "/etc/x")
+            assert e.value.hint
+            assert not (shared_root / "etc/x").exists()
+            ch.copy_in(f, "/etc/")                      # an existing directory, with a slash
+            ch.copy_in(f, "/srv")                       # an existing directory, no slash
+            ch.copy_in(f, "/opt/newdir/")               # a new directory
+            ch.copy_in(tree_src, "/opt/trees/")         # a tree into a new directory
+            with pytest.raises(mc.ChrootError, match="not a directory"):
+                ch.copy_in(tree_src, "/etc/app.conf")   # a tree onto a file
+        assert (shared_root / "etc/app.conf").read_text() == "app\n"
+        assert (shared_root / "srv/app.conf").read_text() == "app\n"
+        assert (shared_root / "opt/newdir").is_dir()
+        assert (shared_root / "opt/newdir/app.conf").read_text() == "app\n"
+        assert (shared_root / "opt/trees/tree/sub/b").read_text() == "b\n"
+    finally:
+        for p in ("etc/app.conf", "srv/app.conf"):
+            (shared_root / p).unlink(missing_ok=True)
+        for p in ("opt/newdir", "opt/trees"):
+            if (shared_root / p).is_dir():
+                rootfs.remove_tree(shared_root / p)
+            else:
+                (shared_root / p).unlink(missing_ok=True)
+
+
+def test_run_passes_bytes_input_through_in_binary_mode(shared_root: Path) -> None:
+    data = bytes(range(256)) * 4
+    with mc.Chroot(shared_root) as ch:
+        out = ch.run(["cat"], input=data, capture=True)
+        assert out.stdout == data and isinstance(out.stderr, bytes)
+        text = ch.run(["cat"], input="héllo\n", capture=True)
+        assert text.stdout == "héllo\n"
+        with pytest.raises(mc.CommandError) as e:
+            ch.run(["sh", "-c", "cat >&2; exit 3"], input=b"\xffbad\n")
+        assert e.value.returncode == 3 and isinstance(e.value.stderr, str)
+        assert "bad" in e.value.stderr
+
+
+@pytest.fixture(scope="module")
+def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from conftest import gnu_extract
+
+    root = tmp_path_factory.mktemp("shared") / "root"
+    gnu_extract(minbase_tar, root)
+    try:
+        yield root
+    finally:
+        rootfs.remove_tree(root)
