@@ -465,6 +465,9 @@ def main_netns(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    # The session starts helpers while it holds SIGINT/SIGTERM blocked (set-up, tear-down);
+    # a blocked mask is inherited, and would make the helpers deaf to terminate().
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     if len(argv) >= 2 and argv[1] == "run":
         return main_run(argv[2:])
     if len(argv) >= 2 and argv[1] == "netns":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import signal
 import stat
 import threading
 from collections.abc import Iterator
@@ -240,3 +241,39 @@ def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield root
     finally:
         rootfs.remove_tree(root)
+
+
+# --- C6: helpers started while the session defers signals do not inherit the blocked mask ---
+
+
+def _children(name: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("PPid:"))
+        if ppid == os.getpid() and name.encode() in cmdline:
+            out.append(int(entry))
+    return out
+
+
+def _blocked(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("SigBlk:")), 16)
+
+
+def test_netns_holder_does_not_block_sigterm_or_sigint(shared_root: Path) -> None:
+    deaf = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+    with mc.Chroot(shared_root, network="none") as ch:
+        holders = _children("netns")
+        assert len(holders) == 1
+        assert _blocked(holders[0]) & deaf == 0
+        assert ch.run(["true"]).returncode == 0
+    assert _children("netns") == []
