@@ -27,6 +27,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from . import _fdwalk
 from . import _libarchive as la
 
 log = logging.getLogger(__name__)
@@ -101,48 +102,69 @@ class TarWriter:
 
     # -- the walk ------------------------------------------------------------------------
     def add_tree(self, root: str) -> None:
+        """Add ``root`` and everything below it, depth-first in name order, iteratively.
+
+        A tree may be deeper than Python's recursion limit; the walk keeps a
+        bounded number of directory fds open (see :mod:`._fdwalk`).
+        """
         host = os.fsencode(root).rstrip(b"/") or b"/"
         top = os.open(root, _DIR_FLAGS)
         try:
-            dev = os.fstat(top).st_dev
-            self._add_dir_fd(top, os.fstat(top), b".", host, dev)
+            st = os.fstat(top)
+            self._add(b".", host, st, top)
+            with _fdwalk.DirStack(top, os.fsdecode(host)) as dirs:
+                todo = [self._names(top)]  # per open level: the names still to add, last first
+                paths = [(b".", host)]
+                while True:
+                    if not todo[-1]:
+                        if len(dirs) == 1:
+                            return
+                        todo.pop()
+                        paths.pop()
+                        dirs.pop()
+                        continue
+                    name = todo[-1].pop()
+                    arc, parent = paths[-1]
+                    raw = os.fsencode(name)
+                    child = (arc + b"/" + raw, parent + b"/" + raw)
+                    sub = self._add_child(dirs.fd, name, *child, st.st_dev)
+                    if sub is not None:
+                        fd = dirs.push(name, sub)
+                        self._add(*child, sub, fd)
+                        todo.append(self._names(fd))
+                        paths.append(child)
         finally:
             os.close(top)
 
-    def _add_dir_fd(self, fd: int, st: os.stat_result, arc: bytes, host: bytes, dev: int) -> None:
-        self._add(arc, host, st, fd)
+    def _names(self, fd: int) -> list[str]:
         names = os.listdir(fd)
         if self.sort:
-            names.sort(key=os.fsencode)
-        for name in names:
-            self._add_child(fd, name, arc + b"/" + os.fsencode(name),
-                            host + b"/" + os.fsencode(name), dev)
+            names.sort(key=os.fsencode, reverse=True)
+        return names
 
-    def _add_child(self, dfd: int, name: str, arc: bytes, host: bytes, dev: int) -> None:
+    def _add_child(self, dfd: int, name: str, arc: bytes, host: bytes,
+                   dev: int) -> os.stat_result | None:
+        """Add a non-directory (or a mount point) now; return a directory's stat to descend."""
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         mode = st.st_mode
         if st.st_dev != dev:
             if not stat.S_ISDIR(mode):
                 log.warning("pack: skipping %s: another filesystem is mounted on it",
                             os.fsdecode(host))
-                return
+                return None
             log.warning("pack: not descending into %s: it is a mount point", os.fsdecode(host))
             fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             try:
                 self._add(arc, host, st, fd)
             finally:
                 os.close(fd)
-            return
+            return None
         if stat.S_ISSOCK(mode):
             log.warning("pack: skipping socket %s (tar cannot store sockets)", os.fsdecode(host))
-            return
+            return None
         if stat.S_ISDIR(mode):
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                self._add_dir_fd(fd, st, arc, host, dev)
-            finally:
-                os.close(fd)
-        elif stat.S_ISREG(mode):
+            return st
+        if stat.S_ISREG(mode):
             fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
             try:
                 self._add(arc, host, st, fd)
@@ -150,6 +172,7 @@ class TarWriter:
                 os.close(fd)
         else:
             self._add(arc, host, st, -1)
+        return None
 
     def _add(self, arc: bytes, host: bytes, st: os.stat_result, fd: int) -> None:
         e, aw = self._entry, self._aw

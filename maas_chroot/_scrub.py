@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 
-from . import rootfs
+from . import _fdwalk, rootfs
 from ._sysprep_report import SysprepItem, human_size
 from .errors import MaasChrootError
 
@@ -211,19 +211,23 @@ class Scrub:
 
 
 def _du(dfd: int) -> int:
-    """Apparent size of the regular files below the open directory ``dfd`` (no symlinks)."""
+    """Apparent size of the regular files below the open directory ``dfd`` (no symlinks).
+
+    Iterative, so a tree deeper than the recursion limit is measured too.
+    """
     total = 0
-    with os.scandir(dfd) as it:
-        entries = list(it)
-    for entry in entries:
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISREG(st.st_mode):
-            total += st.st_size
-        elif stat.S_ISDIR(st.st_mode):
-            fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=dfd)
-            try:
-                total += _du(fd)
-            finally:
-                os.close(fd)
-    return total
+    with _fdwalk.DirStack(dfd, ".") as dirs:
+        todo = [os.listdir(dfd)]  # per open level: the names still to measure
+        while True:
+            if not todo[-1]:
+                if len(dirs) == 1:
+                    return total
+                todo.pop()
+                dirs.pop()
+                continue
+            name = todo[-1].pop()
+            st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+            elif stat.S_ISDIR(st.st_mode):
+                todo.append(os.listdir(dirs.push(name, st)))

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from . import _fdwalk
 from .errors import MaasChrootError, UnsafePathError
 
 log = logging.getLogger(__name__)
@@ -392,30 +393,36 @@ def clear_dir_at(dirfd: int, where: str) -> None:
 
 
 def _clear_dir(dirfd: int, dev: int, where: str) -> None:
-    with os.scandir(dirfd) as it:
-        entries = list(it)
-    for entry in entries:
-        name = entry.name
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            if st.st_dev != dev:
-                raise MaasChrootError(
-                    f"refusing to delete {where}/{name}: it is on another filesystem (a mount?)",
-                    hint=f"unmount {where}/{name} first",
-                )
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=dirfd)
+    """Empty ``dirfd`` depth-first, iteratively (a tree may be deeper than the recursion limit)."""
+    with _fdwalk.DirStack(dirfd, where) as dirs:
+        todo = [_names(dirfd)]  # per open level: the names still to delete
+        while True:
+            if todo[-1]:
+                name = todo[-1].pop()
+                st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dirs.fd)
+                    continue
+                if st.st_dev != dev:
+                    raise MaasChrootError(
+                        f"refusing to delete {dirs.where}/{name}: it is on another filesystem "
+                        f"(a mount?)", hint=f"unmount {dirs.where}/{name} first")
+                todo.append(_names(dirs.push(name, st)))
+                continue
+            if len(dirs) == 1:
+                return
+            here = dirs.where
+            todo.pop()
+            dirs.pop()
             try:
-                _clear_dir(sub, dev, f"{where}/{name}")
-            finally:
-                os.close(sub)
-            try:
-                os.rmdir(name, dir_fd=dirfd)
+                os.rmdir(here.rpartition("/")[2], dir_fd=dirs.fd)
             except OSError as e:
                 if e.errno == errno.EBUSY:
-                    raise MaasChrootError(
-                        f"refusing to delete {where}/{name}: it is busy (mounted)",
-                        hint=f"umount -R {where}/{name}") from e
+                    raise MaasChrootError(f"refusing to delete {here}: it is busy (mounted)",
+                                          hint=f"umount -R {here}") from e
                 raise
-        else:
-            os.unlink(name, dir_fd=dirfd)
+
+
+def _names(dirfd: int) -> list[str]:
+    with os.scandir(dirfd) as it:
+        return [entry.name for entry in it]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import gnu_extract
 
-from maas_chroot import archive
+from maas_chroot import archive, rootfs
+from maas_chroot._scrub import Scrub
 from maas_chroot.errors import SourceError
 from maas_chroot.fetch import cache_path, fetch
 
@@ -47,3 +51,86 @@ def test_cache_path_refuses_hosts_that_leave_the_cache(tmp_path: Path, url: str)
     with pytest.raises(SourceError):
         fetch(url, sha256="0" * 64, cache_dir=cache, retries=0)
     assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+def _deep_tree(top: Path, depth: int) -> Path:
+    """``top/d/d/.../d`` ``depth`` levels deep, a file at each level, built with dir fds."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(depth):
+            with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+                f.write(b"%d\n" % i)
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    finally:
+        os.close(fd)
+    return top
+
+
+def _rm_deep(top: Path) -> None:
+    """Remove a deep test tree even when the code under test failed (pytest's own
+    cleanup of old temp dirs recurses, and other sessions share them)."""
+    if top.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_remove_tree_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    depth = 2000
+    assert depth > sys.getrecursionlimit()
+    top = _deep_tree(tmp_path / "deep", depth)
+    fds = _open_fds()
+    try:
+        rootfs.remove_tree(top)
+        assert not top.exists()
+        assert _open_fds() == fds
+    finally:
+        _rm_deep(top)
+
+
+def test_pack_round_trips_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    depth = 1500  # ./d/d/.../f: 3,000 bytes, under PATH_MAX for GNU tar's extraction
+    assert depth > sys.getrecursionlimit()
+    top = _deep_tree(tmp_path / "deep", depth)
+    back = tmp_path / "back"
+    try:
+        fds = _open_fds()
+        out = archive.pack(top, tmp_path / "deep.tgz", progress=False).path
+        assert _open_fds() == fds
+        gnu_extract(out, back)
+        level = os.open(back, os.O_RDONLY | os.O_DIRECTORY)
+        for i in range(depth):
+            assert sorted(os.listdir(level)) == ["d", "f"]
+            with open(os.open("f", os.O_RDONLY, dir_fd=level), "rb") as f:
+                assert f.read() == b"%d\n" % i
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=level)
+            os.close(level)
+            level = sub
+        assert os.listdir(level) == []
+        os.close(level)
+    finally:
+        _rm_deep(back)
+        _rm_deep(top)
+
+
+def test_sysprep_scrub_measures_and_removes_a_deep_tree(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "tmp").mkdir(parents=True)
+    depth = 1500
+    _deep_tree(root / "tmp" / "deep", depth)
+    size = sum(len(b"%d\n" % i) for i in range(depth))
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        scrub = Scrub(str(root), rootfd)
+        scrub.remove("/tmp/deep")
+    finally:
+        os.close(rootfd)
+        _rm_deep(root / "tmp" / "deep")
+    assert [(i.path, i.action, i.freed) for i in scrub.items] == [("/tmp/deep", "removed", size)]
+    assert os.listdir(root / "tmp") == []
