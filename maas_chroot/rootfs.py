@@ -59,18 +59,28 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, mode if creates else 0,
                    _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
     while True:
-        fd = int(_libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
-                               ctypes.sizeof(how)))
+        fd = _syscall_openat2(dirfd, os.fsencode(path), how)
         if fd >= 0:
+            _have_openat2 = True  # from now on, an EPERM is the file's own (e.g. immutable)
             return fd
         err = ctypes.get_errno()
         if err in (errno.EINTR, errno.EAGAIN):
             continue
         if err in (errno.ENOSYS, errno.EPERM) and _have_openat2 is None:
-            # ENOSYS: kernel < 5.6; EPERM: a seccomp filter (some container runtimes).
-            _have_openat2 = False
-            raise NotImplementedError
+            # ENOSYS: kernel < 5.6; EPERM: a seccomp filter (some container runtimes),
+            # or the file's own EPERM: tell them apart by opening the directory itself.
+            probe = _syscall_openat2(dirfd, b".", _OpenHow(os.O_PATH | os.O_CLOEXEC, 0,
+                                                           _RESOLVE_IN_ROOT))
+            if probe < 0:
+                _have_openat2 = False
+                raise NotImplementedError
+            os.close(probe)
+            _have_openat2 = True
         raise OSError(err, os.strerror(err), path)
+
+
+def _syscall_openat2(dirfd: int, path: bytes, how: _OpenHow) -> int:
+    return int(_libc.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how)))
 
 
 def _walk_open(rootfd: int, path: str, flags: int, mode: int) -> int:
