@@ -42,6 +42,8 @@ BLOCK = 1 << 20
 #: thread count (1, 2 and 4 threads give three different streams). A reproducible
 #: stream therefore always uses this many compressors, whatever the machine.
 GZIP_STREAMS = 4
+#: seconds abort() waits for a killed compressor's output thread
+PUMP_TIMEOUT = 30
 
 #: compression name -> canonical kind
 KINDS = {"gzip": "gzip", "gz": "gzip", "tgz": "gzip", "xz": "xz", "txz": "xz",
@@ -111,6 +113,7 @@ class ProcessStream:
         self.where = where
         self._stack = contextlib.ExitStack()
         self._error: BaseException | None = None
+        self._aborted = False
         self.proc: subprocess.Popen[bytes] = self._stack.enter_context(
             run.spawn(argv, stdin=subprocess.PIPE))
         self._pump = threading.Thread(target=self._copy, args=(raw,), daemon=True)
@@ -121,6 +124,8 @@ class ProcessStream:
         assert out is not None
         try:
             while chunk := out.read1(BLOCK):  # type: ignore[attr-defined]
+                if self._aborted:
+                    continue  # drain until the killed compressor's EOF; write nothing
                 raw.write(chunk)
         except BaseException as e:  # reported by close()
             self._error = e
@@ -161,7 +166,21 @@ class ProcessStream:
             self._stack.close()
 
     def abort(self) -> None:
-        self._stack.close()
+        """Kill the compressor and wait for the pump thread, so that nothing writes to
+        ``raw`` once this returns (its fd is closed next, and the number may be reused)."""
+        self._aborted = True
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            with contextlib.suppress(OSError, ValueError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            self._pump.join(timeout=PUMP_TIMEOUT)
+            if self._pump.is_alive():
+                log.warning("the %s output thread of %s did not stop within %d s",
+                            self.proc.args[0], self.where, PUMP_TIMEOUT)  # type: ignore[index]
+        finally:
+            self._stack.close()
 
 
 def xz_threads(threads: int) -> str:

@@ -6,12 +6,15 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import gnu_extract
 
 from maas_chroot import archive, rootfs
+from maas_chroot._compress import HashingFile, ProcessStream
 from maas_chroot._scrub import Scrub
 from maas_chroot.errors import SourceError
 from maas_chroot.fetch import cache_path, fetch
@@ -169,3 +172,31 @@ def test_a_first_eperm_from_an_immutable_file_keeps_openat2(tmp_path: Path,
         assert rootfs._have_openat2 is True
     finally:
         subprocess.run(["chattr", "-i", str(tmp_path / "locked")], check=True)
+
+
+class _SlowFile(HashingFile):
+    """A HashingFile whose writes take a while, so the pump thread is caught in one."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.started = threading.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.started.set()
+        time.sleep(0.3)
+        return super().write(data)
+
+
+def test_aborting_a_compressor_stream_stops_its_pump_before_returning(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        raw = _SlowFile(fd)
+        stream = ProcessStream(["cat"], raw, str(tmp_path / "out"))
+        stream.write(b"x" * (256 << 10))
+        assert raw.started.wait(10)
+        stream.abort()
+        # Nothing may write to fd once abort() returned: the caller closes it next.
+        assert not stream._pump.is_alive()
+        assert stream.proc.returncode is not None
+    finally:
+        os.close(fd)
