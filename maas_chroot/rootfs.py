@@ -372,8 +372,10 @@ def remove_tree(path: str | os.PathLike[str], *, missing_ok: bool = True) -> Non
     Refuses (with :class:`MaasChrootError`) while anything is mounted at or
     below ``path``, never follows symlinks, and never descends into a
     directory on another filesystem. This is the only ``rm -rf`` in the library.
+    A symlink is removed itself, even when named with a trailing slash.
     """
-    p = os.fspath(path)
+    # "link/" would make lstat() and open(O_NOFOLLOW) follow the link.
+    p = os.fspath(path).rstrip("/") or "/"
     try:
         st = os.lstat(p)
     except FileNotFoundError:

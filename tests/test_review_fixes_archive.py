@@ -200,3 +200,12 @@ def test_aborting_a_compressor_stream_stops_its_pump_before_returning(tmp_path: 
         assert stream.proc.returncode is not None
     finally:
         os.close(fd)
+
+
+def test_remove_tree_of_a_symlink_with_a_trailing_slash_keeps_the_target(tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep").write_text("k\n")
+    (tmp_path / "link").symlink_to("target")
+    rootfs.remove_tree(f"{tmp_path}/link/")
+    assert not os.path.lexists(tmp_path / "link")
+    assert (tmp_path / "target" / "keep").read_text() == "k\n"
