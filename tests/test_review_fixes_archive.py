@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import gnu_extract
 
-from maas_chroot import archive, rootfs
+from maas_chroot import _fdwalk, archive, rootfs
 from maas_chroot._compress import HashingFile, ProcessStream
 from maas_chroot._scrub import Scrub
 from maas_chroot.errors import SourceError
@@ -209,3 +210,24 @@ def test_remove_tree_of_a_symlink_with_a_trailing_slash_keeps_the_target(tmp_pat
     rootfs.remove_tree(f"{tmp_path}/link/")
     assert not os.path.lexists(tmp_path / "link")
     assert (tmp_path / "target" / "keep").read_text() == "k\n"
+
+
+def test_a_walk_stops_when_a_closed_ancestor_was_moved(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fdwalk, "KEEP", 1)  # only the deepest directory stays open
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    top = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with _fdwalk.DirStack(top, str(tmp_path)) as dirs:
+            for name in ("a", "b", "c"):
+                dirs.push(name, os.stat(name, dir_fd=dirs.fd, follow_symlinks=False))
+            assert dirs.where == f"{tmp_path}/a/b/c"
+            os.rename(tmp_path / "a" / "b" / "c", tmp_path / "elsewhere" / "c")
+            with pytest.raises(OSError) as err:
+                dirs.pop()  # b's fd was closed; c's ".." is now "elsewhere"
+            assert err.value.errno == errno.ESTALE
+        # the walk closed what it opened, and never the caller's fd
+        os.fstat(top)
+    finally:
+        os.close(top)
