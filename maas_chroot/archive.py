@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _compress, _mktar, _untar, rootfs, run
+from . import _compress, _journal, _mktar, _untar, rootfs, run
 from . import progress as _progress
-from .errors import ArchiveError, ChrootBusyError, CommandError, UnsafeArchiveError
+from .errors import ArchiveError, CommandError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,8 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     clamp = _source_date_epoch() if reproducible else None
     nthreads = threads or len(os.sched_getaffinity(0))
     try:
-        with _atomic_output(dest) as raw, \
+        # The session lock keeps a Chroot from swapping resolv.conf/policy-rc.d in mid-walk.
+        with _journal.exclusive(src, "pack"), _atomic_output(dest) as raw, \
                 _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
             stream = _compress.open_stream(kind, raw, level=level, threads=nthreads,
                                            where=where, reproducible=reproducible)
@@ -317,12 +318,6 @@ def _check_root(root: str | os.PathLike[str], out: str) -> str:
     if not os.path.isdir(src):
         raise ArchiveError(f"cannot pack {os.fspath(root)}: not a directory", path=root,
                            hint="pass the rootfs directory")
-    if os.path.lexists(os.path.join(src, rootfs.JOURNAL_NAME)):
-        raise ChrootBusyError(
-            f"refusing to pack {src}: it holds a Chroot session journal "
-            f"({rootfs.JOURNAL_NAME}), so a session is live or was killed and the host's "
-            f"resolv.conf or a policy-rc.d may still be in the image", root=src,
-            hint=f"end the session, or run maas_chroot.recover({src!r}), then pack again")
     parent = os.path.realpath(os.path.dirname(os.path.abspath(out)))
     if parent == src or parent.startswith(src.rstrip("/") + "/"):
         raise ArchiveError(f"cannot write {out} inside the tree being packed ({src})",

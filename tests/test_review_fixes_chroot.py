@@ -7,6 +7,7 @@ import importlib
 import os
 import signal
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +173,42 @@ def test_a_session_cannot_start_while_sysprep_runs(minbase_root: Path,
     assert not (minbase_root / "usr/sbin/policy-rc.d").exists()
     with mc.Chroot(minbase_root):  # the lock is free again
         pass
+
+
+def test_pack_and_a_session_exclude_each_other(minbase_root: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from maas_chroot import archive
+
+    busy = r"cannot start pack: .* in use by pid \d+ \(a chroot session\)"
+    with mc.Chroot(minbase_root), pytest.raises(mc.ChrootBusyError, match=busy):
+        archive.pack(minbase_root, tmp_path / "live.tgz", progress=False)
+    assert not (tmp_path / "live.tgz").exists()
+
+    started, release = threading.Event(), threading.Event()
+    real = archive._mktar.write_tree
+
+    def slow(*args: Any, **kwargs: Any) -> None:
+        started.set()
+        release.wait(60)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(archive._mktar, "write_tree", slow)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(
+        archive.pack(minbase_root, tmp_path / "img.tgz", progress=False)))
+    worker.start()
+    try:
+        assert started.wait(60)
+        with (pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(pack\)"),
+              mc.Chroot(minbase_root)):
+            pass
+    finally:
+        release.set()
+        worker.join(60)
+    assert isinstance(result[0], archive.PackResult)
+    names = subprocess.run(["tar", "-tzf", str(tmp_path / "img.tgz")], check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert "./usr/sbin/policy-rc.d" not in names and f"./{rootfs.JOURNAL_NAME}" not in names
 
 
 def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
