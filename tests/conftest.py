@@ -122,6 +122,17 @@ def gnu_extract(tarball: Path, dest: Path) -> None:
                     "-Sxpf", str(tarball), "-C", str(dest)], check=True)
 
 
+@pytest.fixture(scope="module")
+def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One minbase rootfs per test module, for tests that leave it as they found it."""
+    root = tmp_path_factory.mktemp("shared") / "root"
+    gnu_extract(minbase_tar, root)
+    try:
+        yield root
+    finally:
+        rootfs.remove_tree(root)
+
+
 @pytest.fixture
 def minbase_root(minbase_tar: Path, tmp_path: Path) -> Iterator[Path]:
     """A fresh copy of the minbase rootfs for one test, removed safely afterwards."""

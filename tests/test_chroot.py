@@ -29,19 +29,6 @@ HOST_RESOLV = Path("/etc/resolv.conf").read_bytes()
 # --- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One rootfs for the tests that leave it as they found it (extracting one takes seconds)."""
-    from conftest import gnu_extract
-
-    root = tmp_path_factory.mktemp("shared") / "root"
-    gnu_extract(minbase_tar, root)
-    try:
-        yield root
-    finally:
-        rootfs.remove_tree(root)
-
-
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
     """Everything about a tree except times: type, mode, owner, content/target/device."""
     out: dict[str, tuple[object, ...]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -9,7 +10,7 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,29 +146,44 @@ def test_sysprep_and_copy_refuse_a_live_session(minbase_root: Path, tmp_path: Pa
         assert not (tmp_path / "copy").exists()
 
 
-def test_a_session_cannot_start_while_sysprep_runs(minbase_root: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    started, release = threading.Event(), threading.Event()
-    real = sysprep_mod._OPS["machine-id"]
+@contextlib.contextmanager
+def _paused_in_thread(monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
+                      work: Callable[[], object]) -> Iterator[list[object]]:
+    """Run ``work()`` in a thread, held inside ``target[name]`` (or ``target.name``).
 
-    def slow(s: Any) -> None:
+    The body runs while the thread is paused there (holding whatever lock it took);
+    on exit the thread is released and joined, and the list holds what ``work`` returned.
+    """
+    started, release = threading.Event(), threading.Event()
+    real = target[name] if isinstance(target, dict) else getattr(target, name)
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
         started.set()
         release.wait(60)
-        real(s)
+        return real(*args, **kwargs)
 
-    monkeypatch.setitem(sysprep_mod._OPS, "machine-id", slow)
+    if isinstance(target, dict):
+        monkeypatch.setitem(target, name, slow)
+    else:
+        monkeypatch.setattr(target, name, slow)
     result: list[object] = []
-    worker = threading.Thread(target=lambda: result.append(
-        mc.sysprep(minbase_root, progress=False)))
+    worker = threading.Thread(target=lambda: result.append(work()))
     worker.start()
     try:
         assert started.wait(60)
-        with (pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(sysprep\)"),
-              mc.Chroot(minbase_root)):
-            pass
+        yield result
     finally:
         release.set()
         worker.join(60)
+
+
+def test_a_session_cannot_start_while_sysprep_runs(minbase_root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with (_paused_in_thread(monkeypatch, sysprep_mod._OPS, "machine-id",
+                            lambda: mc.sysprep(minbase_root, progress=False)) as result,
+          pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(sysprep\)"),
+          mc.Chroot(minbase_root)):
+        pass
     assert isinstance(result[0], mc.SysprepReport)
     assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
     assert not (minbase_root / "usr/sbin/policy-rc.d").exists()
@@ -184,29 +200,14 @@ def test_pack_and_a_session_exclude_each_other(minbase_root: Path, tmp_path: Pat
         archive.pack(minbase_root, tmp_path / "live.tgz", progress=False)
     assert not (tmp_path / "live.tgz").exists()
 
-    started, release = threading.Event(), threading.Event()
-    real = archive._mktar.write_tree
-
-    def slow(*args: Any, **kwargs: Any) -> None:
-        started.set()
-        release.wait(60)
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(archive._mktar, "write_tree", slow)
-    result: list[object] = []
-    worker = threading.Thread(target=lambda: result.append(
-        archive.pack(minbase_root, tmp_path / "img.tgz", progress=False)))
-    worker.start()
-    try:
-        assert started.wait(60)
-        with (pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(pack\)"),
-              mc.Chroot(minbase_root)):
-            pass
-    finally:
-        release.set()
-        worker.join(60)
+    out = tmp_path / "img.tgz"
+    with (_paused_in_thread(monkeypatch, archive._mktar, "write_tree",
+                            lambda: archive.pack(minbase_root, out, progress=False)) as result,
+          pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(pack\)"),
+          mc.Chroot(minbase_root)):
+        pass
     assert isinstance(result[0], archive.PackResult)
-    names = subprocess.run(["tar", "-tzf", str(tmp_path / "img.tgz")], check=True,
+    names = subprocess.run(["tar", "-tzf", str(out)], check=True,
                            capture_output=True, text=True).stdout.split()
     assert "./usr/sbin/policy-rc.d" not in names and f"./{rootfs.JOURNAL_NAME}" not in names
 
@@ -266,18 +267,6 @@ def test_run_passes_bytes_input_through_in_binary_mode(shared_root: Path) -> Non
             ch.run(["sh", "-c", "cat >&2; exit 3"], input=b"\xffbad\n")
         assert e.value.returncode == 3 and isinstance(e.value.stderr, str)
         assert "bad" in e.value.stderr
-
-
-@pytest.fixture(scope="module")
-def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from conftest import gnu_extract
-
-    root = tmp_path_factory.mktemp("shared") / "root"
-    gnu_extract(minbase_tar, root)
-    try:
-        yield root
-    finally:
-        rootfs.remove_tree(root)
 
 
 # --- C6: helpers started while the session defers signals do not inherit the blocked mask ---
