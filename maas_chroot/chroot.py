@@ -296,7 +296,7 @@ class Chroot:
         are ``str`` (undecodable bytes replaced).
         """
         self._active()
-        args = _argv(argv)
+        args = _run.as_argv(argv)
         status_r, status_w = os.pipe()
         try:
             try:
@@ -347,7 +347,7 @@ class Chroot:
         The caller checks the exit with :func:`maas_chroot.run.check_exit` (127: not found).
         """
         self._active()
-        args = _argv(argv)
+        args = _run.as_argv(argv)
         with _run.spawn(self._helper(args, None), env=self._env(env), stdout=stdout,
                         stderr=stderr, pass_fds=self._fds(pass_fds)) as proc:
             proc.args = args
@@ -359,7 +359,7 @@ class Chroot:
         if argv is None:
             bash = _checks.exists_in(str(self._root), "/bin/bash")
             argv = ["/bin/bash", "--login"] if bash else ["/bin/sh", "-l"]
-        args = _argv(argv)
+        args = _run.as_argv(argv)
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
@@ -436,14 +436,6 @@ class Chroot:
         from .apt import Apt  # noqa: PLC0415 - apt depends on this module
 
         return Apt(self)
-
-
-def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
-    if isinstance(argv, str | bytes):
-        raise TypeError("argv must be a list of arguments, not a string (no shell is used)")
-    if not argv:
-        raise ValueError("argv must not be empty")
-    return [os.fspath(a) for a in argv]
 
 
 def _text(data: str | bytes | None) -> str | None:

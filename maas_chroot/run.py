@@ -45,7 +45,8 @@ def clean_env(extra: Mapping[str, str] | None = None, *,
     return env
 
 
-def _argv(argv: Sequence[Arg]) -> list[str]:
+def as_argv(argv: Sequence[Arg]) -> list[str]:
+    """Check an argv list (never a shell string, never empty) and make every item a str."""
     if isinstance(argv, str | bytes):
         raise TypeError("argv must be a list of arguments, not a string (no shell is used)")
     if not argv:
@@ -72,7 +73,7 @@ def run(
     :class:`CommandError`) unless ``interactive`` hands the terminal to the
     command. ``env`` is added to :func:`clean_env`, never to ``os.environ``.
     """
-    args = _argv(argv)
+    args = as_argv(argv)
     log.debug("+ %s", shlex.join(args))
     stdin: int | None
     if interactive:
@@ -128,7 +129,7 @@ def spawn(
     If the body raises, the process is terminated (then killed) before the
     exception propagates. The caller checks ``returncode`` (see :func:`check_exit`).
     """
-    args = _argv(argv)
+    args = as_argv(argv)
     log.debug("+ %s", shlex.join(args))
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
