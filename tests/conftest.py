@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,26 @@ def gnu_extract(tarball: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
                     "-Sxpf", str(tarball), "-C", str(dest)], check=True)
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything about a tree except times: type, mode, owner, content/target/device."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            meta: tuple[object, ...] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                        st.st_uid, st.st_gid)
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    meta += (hashlib.sha256(f.read()).hexdigest(),)
+            elif stat.S_ISLNK(st.st_mode):
+                meta += (os.readlink(p),)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                meta += (st.st_rdev,)
+            out[os.path.relpath(p, root)] = meta
+    return out
 
 
 @pytest.fixture(scope="module")

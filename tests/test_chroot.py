@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import stat
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import tree_state
 
 import maas_chroot as mc
 from maas_chroot import _nsexec, hostapt, rootfs
@@ -27,27 +27,6 @@ HOST_RESOLV = Path("/etc/resolv.conf").read_bytes()
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything about a tree except times: type, mode, owner, content/target/device."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            meta: tuple[object, ...] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                                        st.st_uid, st.st_gid)
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    meta += (hashlib.sha256(f.read()).hexdigest(),)
-            elif stat.S_ISLNK(st.st_mode):
-                meta += (os.readlink(p),)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                meta += (st.st_rdev,)
-            out[rel] = meta
-    return out
 
 
 def mounts_below(root: Path) -> list[str]:
@@ -305,13 +284,13 @@ def test_usr_sbin_symlink_pointing_out_never_writes_on_the_host(minbase_root: Pa
         with contextlib.suppress(FileNotFoundError):
             (minbase_root / "usr/sbin").unlink()
         (minbase_root / "usr/sbin").symlink_to(target)
-        before = tree(minbase_root)
+        before = tree_state(minbase_root)
         with mc.Chroot(minbase_root) as ch:
             assert ch.run(["/usr/sbin/policy-rc.d"], check=False).returncode == 101
             assert (inside / "policy-rc.d").exists()
         assert sorted(os.listdir(hostside)) == ["canary"], target
         assert (hostside / "canary").read_text() == "host\n"
-        assert tree(minbase_root) == before
+        assert tree_state(minbase_root) == before
 
 
 def test_existing_policy_rc_d_and_rootfs_are_byte_identical_afterwards(
@@ -320,14 +299,14 @@ def test_existing_policy_rc_d_and_rootfs_are_byte_identical_afterwards(
     os.chmod(shared_root / "usr/sbin/policy-rc.d", 0o700)
     (shared_root / "etc/resolv.conf").unlink()
     (shared_root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
-    before = tree(shared_root)
+    before = tree_state(shared_root)
     with mc.Chroot(shared_root) as ch:
         ch.run(["sh", "-c", "echo changed > /tmp/by-command; /usr/sbin/policy-rc.d"],
                check=False)
         ch.temporary_file("/etc/apt/apt.conf.d/99proxy", "Acquire::http::Proxy \"x\";\n")
         ch.temporary_file("/etc/apt/apt.conf.d/99proxy", "second swap, same original\n")
         assert (shared_root / rootfs.JOURNAL_NAME).exists()
-    after = tree(shared_root)
+    after = tree_state(shared_root)
     assert after.pop("tmp/by-command")
     assert after == before
 
@@ -374,11 +353,11 @@ def test_write_file_and_copy_in_stay_inside(shared_root: Path, tmp_path: Path) -
 def _assert_clean(root: Path, before: dict[str, tuple[object, ...]]) -> None:
     assert mounts_below(root) == []
     wait_for(lambda: rooted_pids(root) == [], "processes in the root to die")
-    assert tree(root) == before
+    assert tree_state(root) == before
 
 
 def test_exception_unwinds_the_session(shared_root: Path) -> None:
-    before = tree(shared_root)
+    before = tree_state(shared_root)
     with pytest.raises(RuntimeError), mc.Chroot(shared_root) as ch:
         ch.run(["true"])
         raise RuntimeError("boom")
@@ -386,7 +365,7 @@ def test_exception_unwinds_the_session(shared_root: Path) -> None:
 
 
 def test_sigint_and_sigterm_unwind_the_session(minbase_root: Path) -> None:
-    before = tree(minbase_root)
+    before = tree_state(minbase_root)
     for sig, code in ((signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 128 + signal.SIGTERM)):
         with session_child(minbase_root, 'ch.run(["sleep", "30"])') as proc:
             wait_for(lambda: sleeping_in(minbase_root), "the sleep to start")
@@ -397,7 +376,7 @@ def test_sigint_and_sigterm_unwind_the_session(minbase_root: Path) -> None:
 
 
 def test_sigkill_leaves_no_mounts_and_recover_restores(minbase_root: Path) -> None:
-    before = tree(minbase_root)
+    before = tree_state(minbase_root)
     before_resolv = entry_of(minbase_root, "/etc/resolv.conf")
     with session_child(minbase_root, 'ch.run(["sleep", "30"])') as proc:
         wait_for(lambda: sleeping_in(minbase_root), "the sleep to start")
@@ -415,7 +394,7 @@ def test_sigkill_leaves_no_mounts_and_recover_restores(minbase_root: Path) -> No
     assert any("policy-rc.d" in line for line in report.undone)
     assert any("resolv.conf" in line for line in report.undone)
     assert entry_of(minbase_root, "/etc/resolv.conf") == before_resolv
-    assert tree(minbase_root) == before
+    assert tree_state(minbase_root) == before
     assert mc.recover(minbase_root) is None
 
     # Killed again: this time the next session recovers first.
@@ -464,7 +443,7 @@ def test_missing_mount_points_are_made_for_the_session_only(shared_root: Path) -
     os.rmdir(shared_root / "proc")
     os.rename(shared_root / "run", shared_root / "run.orig")
     try:
-        before = tree(shared_root)
+        before = tree_state(shared_root)
         with mc.Chroot(shared_root) as ch:
             assert ch.run(["cat", "/proc/self/comm"], capture=True).stdout == "cat\n"
             ch.run(["test", "-d", "/run/lock"])
@@ -480,11 +459,11 @@ def test_a_half_finished_enter_unwinds(shared_root: Path) -> None:
     os.rename(shared_root / "usr/sbin", shared_root / "usr/sbin.orig")
     (shared_root / "usr/sbin").symlink_to("/nonexistent")  # policy-rc.d cannot be placed
     try:
-        before = tree(shared_root)
+        before = tree_state(shared_root)
         for _ in range(2):  # the second attempt is refused the same way: lock released
             with pytest.raises(mc.UnsafePathError):
                 mc.Chroot(shared_root).__enter__()
-            assert tree(shared_root) == before
+            assert tree_state(shared_root) == before
             assert not (shared_root / rootfs.JOURNAL_NAME).exists()
     finally:
         (shared_root / "usr/sbin").unlink()
@@ -502,7 +481,7 @@ def test_binds_rw_and_ro(shared_root: Path, tmp_path: Path) -> None:
     (ro / "data").write_text("ro data\n")
     conf = tmp_path / "extra.conf"
     conf.write_text("file bind\n")
-    before = tree(shared_root)
+    before = tree_state(shared_root)
     binds = {rw: "/var/cache/apt/archives", ro: ("/mnt/ro/deep", "ro"),
              str(rw2): mc.Bind(str(rw2), "/srv/rw2"), conf: ("/etc/extra.conf", "ro")}
     with mc.Chroot(shared_root, binds=binds) as ch:
@@ -550,7 +529,7 @@ def test_network_host_reaches_the_mirror(shared_root: Path) -> None:
 
 def test_bad_input_is_refused_and_nothing_is_touched(shared_root: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    before = tree(shared_root)
+    before = tree_state(shared_root)
     afile = tmp_path / "afile"
     afile.write_text("x")
     empty = tmp_path / "empty"
@@ -582,7 +561,7 @@ def test_bad_input_is_refused_and_nothing_is_touched(shared_root: Path, tmp_path
     with pytest.raises(mc.PrivilegeError):
         mc.recover(shared_root)
     monkeypatch.undo()
-    assert tree(shared_root) == before
+    assert tree_state(shared_root) == before
     assert sorted(os.listdir(empty)) == []
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import os
 import signal
-import stat
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import tree_state
 
 import maas_chroot as mc
 from maas_chroot import _journal, _resolve, rootfs
@@ -73,22 +72,6 @@ def test_planted_user_lock_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
 # --- C1: a dangling symlink at a mount-point path --------------------------------------------
 
 
-def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Type, mode, owner and content/target of everything in a tree (not times)."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            meta: tuple[object, ...] = (st.st_mode, st.st_uid, st.st_gid)
-            if stat.S_ISREG(st.st_mode):
-                meta += (hashlib.sha256(Path(p).read_bytes()).hexdigest(),)
-            elif stat.S_ISLNK(st.st_mode):
-                meta += (os.readlink(p),)
-            out[os.path.relpath(p, root)] = meta
-    return out
-
-
 @pytest.mark.parametrize(("link", "bind_dst"), [
     ("/nowhere", "/mnt/data"),       # dangling, on the path to the mount point
     ("/nowhere", "/mnt"),            # dangling leaf
@@ -101,12 +84,12 @@ def test_unusable_symlink_at_a_mount_point_is_refused_untouched(
     (minbase_root / "mnt").symlink_to(link)
     data = tmp_path / "data"
     data.mkdir()
-    before = snapshot(minbase_root)
+    before = tree_state(minbase_root)
     with (pytest.raises(mc.ChrootError, match="cannot make the mount point") as e,
           mc.Chroot(minbase_root, binds={data: bind_dst})):
         pass
     assert "/mnt" in e.value.message and e.value.hint
-    assert snapshot(minbase_root) == before
+    assert tree_state(minbase_root) == before
     assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
     assert mc.recover(minbase_root) is None
 
@@ -122,12 +105,12 @@ def test_recover_completes_when_a_journaled_mkdir_is_no_longer_a_directory(
     j = _journal.Journal(str(minbase_root), pid=999999)
     for p in ("/mnt", "/srv", "/opt/x", "/gone"):
         j.add_mkdir(p)
-    before = snapshot(minbase_root)
+    before = tree_state(minbase_root)
     del before[rootfs.JOURNAL_NAME]
     report = mc.recover(minbase_root)
     assert report is not None and len(report.undone) == 4
     assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
-    assert snapshot(minbase_root) == before
+    assert tree_state(minbase_root) == before
     assert (minbase_root / "etc" / "hostname").exists()
 
 
@@ -136,13 +119,13 @@ def test_recover_completes_when_a_journaled_mkdir_is_no_longer_a_directory(
 
 def test_sysprep_and_copy_refuse_a_live_session(minbase_root: Path, tmp_path: Path) -> None:
     with mc.Chroot(minbase_root):
-        before = snapshot(minbase_root)
+        before = tree_state(minbase_root)
         with pytest.raises(mc.ChrootBusyError, match="cannot start sysprep") as e:
             mc.sysprep(minbase_root, progress=False)
         assert f"pid {os.getpid()} (a chroot session)" in str(e.value)
         with pytest.raises(mc.ChrootBusyError, match="cannot start copy"):
             _resolve.copy_tree(minbase_root, tmp_path / "copy")
-        assert snapshot(minbase_root) == before
+        assert tree_state(minbase_root) == before
         assert not (tmp_path / "copy").exists()
 
 
