@@ -66,6 +66,15 @@ def _leftovers(target: Path) -> list[str]:
     return sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock"))
 
 
+def _publish_new_build(site: CloudImageSite, src: mc.ImageSource, *, offset: int) -> None:
+    """The mirror publishes a new build: new bytes, and a SHA256SUMS line that matches them."""
+    site.flip_byte(src.url, offset=offset)
+    directory = src.url.rsplit("/", 1)[0]
+    site.write_sums(directory, [
+        f"{site.sha256(src.url)} *{src.filename}" if line.endswith(f"*{src.filename}") else line
+        for line in site.sums_lines(directory)])
+
+
 # ---------------------------------------------------------------- good images
 
 def test_good_image_is_downloaded_verified_and_cached(site: CloudImageSite,
@@ -287,11 +296,7 @@ def test_changed_file_is_not_spliced_onto_an_old_part(site: CloudImageSite,
     with pytest.raises(FetchError):
         _fetch(site, tmp_path, src, retries=0)
     # the mirror publishes a new build (new bytes, new SHA256SUMS) before the resume
-    site.flip_byte(src.url, offset=10)
-    directory = src.url.rsplit("/", 1)[0]
-    site.write_sums(directory, [
-        f"{site.sha256(src.url)} *{src.filename}" if line.endswith(f"*{src.filename}") else line
-        for line in site.sums_lines(directory)])
+    _publish_new_build(site, src, offset=10)
     site.log.clear()
     assert _sha(_fetch(site, tmp_path, src)) == site.sha256(src.url)
     (entry,) = site.log.entries(src.url)
@@ -328,11 +333,7 @@ def test_new_sums_with_the_same_hash_keeps_the_cached_image(site: CloudImageSite
 def test_new_build_is_downloaded(site: CloudImageSite, tmp_path: Path) -> None:
     src = site.source("noble")
     _fetch(site, tmp_path, src)
-    site.flip_byte(src.url, offset=5)
-    directory = src.url.rsplit("/", 1)[0]
-    site.write_sums(directory, [
-        f"{site.sha256(src.url)} *{src.filename}" if line.endswith(f"*{src.filename}") else line
-        for line in site.sums_lines(directory)])
+    _publish_new_build(site, src, offset=5)
     site.log.clear()
     assert _sha(_fetch(site, tmp_path, src)) == site.sha256(src.url)
     assert [e.status for e in site.log.entries(src.url)] == [200]

@@ -140,36 +140,24 @@ def test_sysprep_scrub_measures_and_removes_a_deep_tree(tmp_path: Path) -> None:
     assert os.listdir(root / "tmp") == []
 
 
-def test_an_eperm_after_openat2_worked_is_the_real_error(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("opened_before", [True, False],
+                         ids=["after-a-successful-openat2", "as-the-first-call"])
+def test_an_eperm_from_an_immutable_file_is_the_real_error_and_keeps_openat2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened_before: bool) -> None:
     if rootfs._SYS_OPENAT2 is None:
         pytest.skip("no openat2 on this architecture")
     monkeypatch.setattr(rootfs, "_have_openat2", None)  # as in a fresh process
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "hostname").write_text("a\n")
+    if opened_before:
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "hostname").write_text("a\n")
+        os.close(rootfs.open_in_root(tmp_path, "/etc/hostname", os.O_RDONLY))
+        assert rootfs._have_openat2 is True
     (tmp_path / "locked").write_text("b\n")
-    os.close(rootfs.open_in_root(tmp_path, "/etc/hostname", os.O_RDONLY))
-    assert rootfs._have_openat2 is True
     subprocess.run(["chattr", "+i", str(tmp_path / "locked")], check=True)
     try:
         with pytest.raises(PermissionError):
             rootfs.open_in_root(tmp_path, "/locked", os.O_WRONLY)
         # The EPERM of an immutable file does not switch the process to the slow walk.
-        assert rootfs._have_openat2 is True
-    finally:
-        subprocess.run(["chattr", "-i", str(tmp_path / "locked")], check=True)
-
-
-def test_a_first_eperm_from_an_immutable_file_keeps_openat2(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    if rootfs._SYS_OPENAT2 is None:
-        pytest.skip("no openat2 on this architecture")
-    monkeypatch.setattr(rootfs, "_have_openat2", None)  # as in a fresh process
-    (tmp_path / "locked").write_text("b\n")
-    subprocess.run(["chattr", "+i", str(tmp_path / "locked")], check=True)
-    try:
-        with pytest.raises(PermissionError):
-            rootfs.open_in_root(tmp_path, "/locked", os.O_WRONLY)
         assert rootfs._have_openat2 is True
     finally:
         subprocess.run(["chattr", "-i", str(tmp_path / "locked")], check=True)
