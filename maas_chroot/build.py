@@ -208,6 +208,7 @@ def build(
                         packed, name=up.name, title=up.title, architecture=up.architecture,
                         filetype=up.filetype or filetype, base_image=up.base_image,
                         progress=progress)
+            stack.pop_all()  # success: the work dir goes now, timed, not again on unwind
             with steps("cleanup"):
                 _remove_quietly(work)
         except Exception as e:
