@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import stat
 import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms per command
@@ -37,6 +36,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 else:  # the C module: ``signal`` imports enum, which costs milliseconds per command
     import _signal as signal
+if TYPE_CHECKING or __package__:
+    from . import inroot
+else:  # started by the session as a top-level module (see _netns.helper_argv)
+    import inroot
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -53,25 +56,11 @@ PR_SET_PDEATHSIG = 1
 SETUP_FAILED = 125
 NOT_FOUND = 127
 
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-_SYS_OPENAT2 = 437 if os.uname().machine in (
-    "x86_64", "aarch64", "ppc64le", "s390x", "riscv64", "armv7l", "i686") else None
-_have_openat2: bool | None = None if _SYS_OPENAT2 is not None else False
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
-
-
-class SetupError(Exception):
-    """The namespace could not be set up (reported as ``setup MESSAGE``)."""
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
 
 
 def _oserror(what: str) -> OSError:
@@ -109,91 +98,6 @@ def die_with_parent(parent: int) -> None:
         os._exit(SETUP_FAILED)
 
 
-# --- resolving paths inside the root (RESOLVE_IN_ROOT, or an equivalent walk) -------------
-
-
-def _openat2(rootfd: int, path: str, flags: int) -> int:
-    global _have_openat2
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    while True:
-        fd = int(_libc.syscall(_SYS_OPENAT2, rootfd, os.fsencode(path), ctypes.byref(how),
-                               ctypes.sizeof(how)))
-        if fd >= 0:
-            return fd
-        err = ctypes.get_errno()
-        if err in (errno.EINTR, errno.EAGAIN):
-            continue
-        if err in (errno.ENOSYS, errno.EPERM) and _have_openat2 is None:
-            _have_openat2 = False
-            raise NotImplementedError
-        raise OSError(err, os.strerror(err), path)
-
-
-def _walk(rootfd: int, path: str, flags: int) -> int:
-    todo = [c for c in reversed(path.split("/")) if c not in ("", ".")]
-    stack = [os.dup(rootfd)]
-    links = 0
-    try:
-        while todo:
-            comp = todo.pop()
-            if comp == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            fd = os.open(comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
-            if not stat.S_ISLNK(os.fstat(fd).st_mode):
-                if not todo:
-                    os.close(fd)
-                    return os.open(comp, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
-                stack.append(fd)
-                continue
-            os.close(fd)
-            links += 1
-            if links > 40:
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-            target = os.readlink(comp, dir_fd=stack[-1])
-            if target.startswith("/"):
-                while len(stack) > 1:
-                    os.close(stack.pop())
-            todo.extend(c for c in reversed(target.split("/")) if c not in ("", "."))
-        return os.open(".", flags | os.O_CLOEXEC, dir_fd=stack[-1])
-    finally:
-        for fd in stack:
-            os.close(fd)
-
-
-def resolve(rootfd: int, path: str, flags: int = os.O_PATH | os.O_DIRECTORY) -> int:
-    """Open ``path`` as a process chrooted at ``rootfd`` would (symlinks stay inside)."""
-    if _have_openat2 is not False:
-        try:
-            return _openat2(rootfd, path, flags)
-        except NotImplementedError:
-            pass
-    return _walk(rootfd, path, flags)
-
-
-def ensure(rootfd: int, path: str, *, directory: bool) -> int:
-    """Open the mount point ``path`` inside the root, creating it (and parents) if missing."""
-    flags = os.O_PATH | (os.O_DIRECTORY if directory else 0)
-    try:
-        return resolve(rootfd, path, flags)
-    except FileNotFoundError:
-        pass
-    parent, _, name = ("/" + path.strip("/")).rpartition("/")
-    pfd = ensure(rootfd, parent or "/", directory=True)
-    try:
-        if directory:
-            os.mkdir(name, 0o755, dir_fd=pfd)
-        else:
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o644, dir_fd=pfd))
-    except FileExistsError:
-        pass
-    finally:
-        os.close(pfd)
-    return resolve(rootfd, path, flags)
-
-
 def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -210,7 +114,7 @@ _NOSUIDDEV = MS_NOSUID | MS_NODEV
 
 def _mount_at(rootfd: int, path: str, source: str | None, fstype: str | None, *, flags: int,
               data: str | None = None, directory: bool = True) -> None:
-    fd = ensure(rootfd, path, directory=directory)
+    fd = inroot.ensure(rootfd, path, directory=directory)
     try:
         mount(source, _fd_path(fd), fstype, flags, data, what=f"{fstype or source} on {path}")
     finally:
@@ -218,7 +122,7 @@ def _mount_at(rootfd: int, path: str, source: str | None, fstype: str | None, *,
 
 
 def _populate_dev(rootfd: int) -> None:
-    dev = resolve(rootfd, "/dev")  # the fresh tmpfs
+    dev = inroot.open_at(rootfd, "/dev", os.O_PATH | os.O_DIRECTORY)  # the fresh tmpfs
     try:
         for name, major, minor in _DEV_NODES:
             try:
@@ -264,7 +168,7 @@ def mount_all(rootfd: int, binds: Sequence[tuple[str, str, str, str]]) -> None:
               data="mode=0755,size=65536k")
     _populate_dev(rootfd)
     _mount_at(rootfd, "/run", "tmpfs", "tmpfs", flags=_NOSUIDDEV, data="mode=0755")
-    run = resolve(rootfd, "/run")
+    run = inroot.open_at(rootfd, "/run", os.O_PATH | os.O_DIRECTORY)
     try:
         os.mkdir("lock", 0o1777, dir_fd=run)
     finally:

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
-from . import _checks, _copyin, _journal, _netns, rootfs
+from . import _checks, _copyin, _journal, _netns, inroot, rootfs
 from . import run as _run
 from ._checks import Bind, Binds
 from .errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError
@@ -181,53 +181,38 @@ class Chroot:
         return next(b.src for b in self.binds if b.dst == dst)
 
     def _ensure_mount_point(self, path: str, *, directory: bool) -> None:
-        """Create a missing mount point inside the root (journaled, removed at the end)."""
-        assert self._journal is not None and self._stack is not None
-        parts = [c for c in path.split("/") if c]
-        for i in range(len(parts)):
-            sub = "/" + "/".join(parts[: i + 1])
-            last = i == len(parts) - 1
-            if self._mount_point_exists(sub, directory=directory or not last, target=path):
-                continue
-            action = self._journal.add_mkdir(sub, file=not (directory or not last))
-            self._stack.callback(self._undo, action)
-            with rootfs.parent_dir(str(self._root), sub) as (dfd, name):
-                if directory or not last:
-                    os.mkdir(name, 0o755, dir_fd=dfd)
-                else:
-                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                     | os.O_CLOEXEC, 0o644, dir_fd=dfd))
-
-    def _mount_point_exists(self, sub: str, *, directory: bool, target: str) -> bool:
-        """Whether ``sub`` resolves in the root; refuse what the session must not create.
+        """Create a missing mount point inside the root (journaled, removed at the end).
 
         A dangling symlink (or a loop, or a file where a directory is needed) is an
-        image problem: creating the mount point would fail or go through the link.
+        image problem: the mount point is then never created through it.
         """
+        assert self._journal is not None and self._stack is not None
+        journal, stack = self._journal, self._stack
+
+        def journaled(sub: str, is_dir: bool) -> None:
+            stack.callback(self._undo, journal.add_mkdir(sub, file=not is_dir))
+
         root = str(self._root)
-        hint = (f"fix or remove {sub} in the image (e.g. ch.run(['rm', '{sub}']) in a session "
-                f"without this bind), or bind onto another path than {target}")
+        rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = rootfs.open_in_root(root, sub, os.O_PATH)
+            os.close(inroot.ensure(rootfd, path, directory=directory, before_create=journaled))
         except OSError as e:
+            sub = e.filename if isinstance(e.filename, str) else path
             st = rootfs.lstat(root, sub)
-            if st is None and e.errno == errno.ENOENT:
-                return False
             if st is not None and stat.S_ISLNK(st.st_mode):
                 with rootfs.parent_dir(root, sub) as (dfd, name):
                     what = f"a symlink to {os.readlink(name, dir_fd=dfd)!r} that does not resolve"
+            elif e.errno == errno.ENOTDIR:
+                what = "not a directory (or a symlink to one)"
             else:
                 what = f"not usable ({e.strerror})"
-            raise ChrootError(f"cannot make the mount point {target} in {root}: {sub} is {what}",
-                              root=root, hint=hint) from None
-        try:
-            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+            raise ChrootError(
+                f"cannot make the mount point {path} in {root}: {sub} is {what}", root=root,
+                hint=f"fix or remove {sub} in the image (e.g. ch.run(['rm', '{sub}']) in a "
+                     f"session without this bind), or bind onto another path than {path}"
+            ) from None
         finally:
-            os.close(fd)
-        if directory and not is_dir:
-            raise ChrootError(f"cannot make the mount point {target} in {root}: {sub} is not a "
-                              "directory (or a symlink to one)", root=root, hint=hint)
-        return True
+            os.close(rootfd)
 
     def _undo(self, action: dict[str, object]) -> None:
         try:

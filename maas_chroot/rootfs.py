@@ -17,17 +17,15 @@ never crosses a filesystem boundary.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
-import platform
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from . import _fdwalk
+from . import _fdwalk, inroot
 from .errors import MaasChrootError, UnsafePathError
 
 log = logging.getLogger(__name__)
@@ -36,102 +34,6 @@ log = logging.getLogger(__name__)
 #: ``pack()`` refuses a root that has one; ``recover()`` replays it.
 JOURNAL_NAME = ".maas-chroot-session.json"
 
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437,
-                "riscv64": 437, "armv7l": 437, "i686": 437}.get(platform.machine())
-_MAX_SYMLINKS = 40
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_have_openat2: bool | None = None if _SYS_OPENAT2 is not None else False
-
-
-def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int:
-    global _have_openat2
-    # openat2 rejects a non-zero mode unless a file may be created (EINVAL).
-    creates = flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if creates else 0,
-                   _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    while True:
-        fd = _syscall_openat2(dirfd, os.fsencode(path), how)
-        if fd >= 0:
-            _have_openat2 = True  # from now on, an EPERM is the file's own (e.g. immutable)
-            return fd
-        err = ctypes.get_errno()
-        if err in (errno.EINTR, errno.EAGAIN):
-            continue
-        if err in (errno.ENOSYS, errno.EPERM) and _have_openat2 is None:
-            # ENOSYS: kernel < 5.6; EPERM: a seccomp filter (some container runtimes),
-            # or the file's own EPERM: tell them apart by opening the directory itself.
-            probe = _syscall_openat2(dirfd, b".", _OpenHow(os.O_PATH | os.O_CLOEXEC, 0,
-                                                           _RESOLVE_IN_ROOT))
-            if probe < 0:
-                _have_openat2 = False
-                raise NotImplementedError
-            os.close(probe)
-            _have_openat2 = True
-        raise OSError(err, os.strerror(err), path)
-
-
-def _syscall_openat2(dirfd: int, path: bytes, how: _OpenHow) -> int:
-    return int(_libc.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how)))
-
-
-def _walk_open(rootfd: int, path: str, flags: int, mode: int) -> int:
-    """Resolve ``path`` inside ``rootfd`` one component at a time (RESOLVE_IN_ROOT emulation)."""
-    todo = [c for c in path.split("/") if c not in ("", ".")]
-    todo.reverse()  # a stack: the next component is at the end
-    stack = [os.dup(rootfd)]  # fds of the directories walked so far; stack[0] is the root
-    links = 0
-    try:
-        while todo:
-            comp = todo.pop()
-            if comp == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            if not todo:  # the final component
-                try:
-                    st = os.stat(comp, dir_fd=stack[-1], follow_symlinks=False)
-                    is_link = stat.S_ISLNK(st.st_mode)
-                except FileNotFoundError:
-                    is_link = False
-                if not is_link or flags & os.O_NOFOLLOW:
-                    return os.open(comp, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                                   dir_fd=stack[-1])
-            else:
-                fd = os.open(comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
-                st = os.fstat(fd)
-                if not stat.S_ISLNK(st.st_mode):
-                    if not stat.S_ISDIR(st.st_mode):
-                        os.close(fd)
-                        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-                    stack.append(fd)
-                    continue
-                os.close(fd)
-            # comp is a symlink to follow: splice its target into the walk.
-            links += 1
-            if links > _MAX_SYMLINKS:
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-            target = os.readlink(comp, dir_fd=stack[-1])
-            if target.startswith("/"):
-                while len(stack) > 1:
-                    os.close(stack.pop())
-            todo.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
-            if not todo:  # a link to "/" (or to the current directory)
-                return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
-        return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
-    finally:
-        for fd in stack:
-            os.close(fd)
-
-
 def open_in_root(root: str | os.PathLike[str], path: str, flags: int, mode: int = 0o644) -> int:
     """``open(path)`` as seen by a process chrooted at ``root``; returns an fd.
 
@@ -139,17 +41,13 @@ def open_in_root(root: str | os.PathLike[str], path: str, flags: int, mode: int 
     """
     rootfd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return open_at(rootfd, path, flags, mode)
+        return inroot.open_at(rootfd, path, flags, mode)
     finally:
         os.close(rootfd)
 
 
-def open_at(rootfd: int, path: str, flags: int, mode: int = 0o644) -> int:
-    """Like :func:`open_in_root`, with the root given as an ``O_PATH`` directory fd."""
-    if _have_openat2 is not False:
-        with contextlib.suppress(NotImplementedError):
-            return _openat2(rootfd, path, flags, mode)
-    return _walk_open(rootfd, path, flags, mode)
+#: Like :func:`open_in_root`, with the root given as an ``O_PATH`` directory fd.
+open_at = inroot.open_at
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -170,9 +68,9 @@ def parent_dir(root: str | os.PathLike[str], path: str, *, create: bool = False,
     never follow it. ``create`` makes missing parents (root-owned, ``mode``).
     """
     parent, name = _split(path)
-    if create:
-        makedirs(root, parent, mode=mode)
     try:
+        if create:
+            makedirs(root, parent, mode=mode)
         fd = open_in_root(root, parent, os.O_PATH | os.O_DIRECTORY)
     except OSError as e:
         raise UnsafePathError(f"cannot open {parent!r} inside {os.fspath(root)}: {e.strerror}",
@@ -187,20 +85,7 @@ def makedirs(root: str | os.PathLike[str], path: str, *, mode: int = 0o755) -> N
     """``mkdir -p`` inside the root, resolving every component inside it."""
     rootfd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        parts = [c for c in path.split("/") if c not in ("", ".")]
-        for i in range(len(parts)):
-            sub = "/" + "/".join(parts[: i + 1])
-            try:
-                os.close(open_at(rootfd, sub, os.O_PATH | os.O_DIRECTORY))
-                continue
-            except FileNotFoundError:
-                pass
-            pfd = open_at(rootfd, "/" + "/".join(parts[:i]), os.O_PATH | os.O_DIRECTORY)
-            try:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(parts[i], mode, dir_fd=pfd)
-            finally:
-                os.close(pfd)
+        os.close(inroot.ensure(rootfd, path, directory=True, mode=mode))
     finally:
         os.close(rootfd)
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import tree_state
 
 import maas_chroot as mc
-from maas_chroot import _nsexec, hostapt, rootfs
+from maas_chroot import hostapt, inroot, rootfs
 
 pytestmark = pytest.mark.root
 
@@ -578,7 +578,7 @@ def test_recover_without_journal_and_on_bad_root(shared_root: Path, tmp_path: Pa
 def test_helper_resolves_mount_points_inside_the_root(tmp_path: Path, openat2: bool,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     if not openat2:
-        monkeypatch.setattr(_nsexec, "_have_openat2", False)
+        monkeypatch.setattr(inroot, "_have_openat2", False)
     root = tmp_path / "root"
     (root / "real/dir").mkdir(parents=True)
     outside = tmp_path / "outside"
@@ -591,17 +591,17 @@ def test_helper_resolves_mount_points_inside_the_root(tmp_path: Path, openat2: b
     try:
         expect = os.stat(root / "real/dir").st_ino
         for path in ("/abs/dir", "/rel", "/up/dir", "/../../real/dir", "abs/../real/dir"):
-            fd = _nsexec.resolve(rootfd, path)
+            fd = inroot.open_at(rootfd, path, os.O_PATH | os.O_DIRECTORY)
             try:
                 assert os.fstat(fd).st_ino == expect, path
             finally:
                 os.close(fd)
         with pytest.raises(FileNotFoundError):  # dangling inside the root: never followed out
-            _nsexec.ensure(rootfd, "/out/new/point", directory=True)
+            inroot.ensure(rootfd, "/out/new/point", directory=True)
         (root / str(outside).lstrip("/")).mkdir(parents=True)
-        fd = _nsexec.ensure(rootfd, "/out/new/point", directory=True)
+        fd = inroot.ensure(rootfd, "/out/new/point", directory=True)
         os.close(fd)
-        fd = _nsexec.ensure(rootfd, "/abs/file-point", directory=False)
+        fd = inroot.ensure(rootfd, "/abs/file-point", directory=False)
         os.close(fd)
     finally:
         os.close(rootfd)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import gnu_extract
 
-from maas_chroot import _fdwalk, archive, rootfs
+from maas_chroot import _fdwalk, archive, inroot, rootfs
 from maas_chroot._compress import HashingFile, ProcessStream
 from maas_chroot._scrub import Scrub
 from maas_chroot.errors import SourceError
@@ -144,21 +144,21 @@ def test_sysprep_scrub_measures_and_removes_a_deep_tree(tmp_path: Path) -> None:
                          ids=["after-a-successful-openat2", "as-the-first-call"])
 def test_an_eperm_from_an_immutable_file_is_the_real_error_and_keeps_openat2(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened_before: bool) -> None:
-    if rootfs._SYS_OPENAT2 is None:
+    if inroot.SYS_OPENAT2 is None:
         pytest.skip("no openat2 on this architecture")
-    monkeypatch.setattr(rootfs, "_have_openat2", None)  # as in a fresh process
+    monkeypatch.setattr(inroot, "_have_openat2", None)  # as in a fresh process
     if opened_before:
         (tmp_path / "etc").mkdir()
         (tmp_path / "etc" / "hostname").write_text("a\n")
         os.close(rootfs.open_in_root(tmp_path, "/etc/hostname", os.O_RDONLY))
-        assert rootfs._have_openat2 is True
+        assert inroot._have_openat2 is True
     (tmp_path / "locked").write_text("b\n")
     subprocess.run(["chattr", "+i", str(tmp_path / "locked")], check=True)
     try:
         with pytest.raises(PermissionError):
             rootfs.open_in_root(tmp_path, "/locked", os.O_WRONLY)
         # The EPERM of an immutable file does not switch the process to the slow walk.
-        assert rootfs._have_openat2 is True
+        assert inroot._have_openat2 is True
     finally:
         subprocess.run(["chattr", "-i", str(tmp_path / "locked")], check=True)
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from maas_chroot import MaasChrootError, UnsafePathError, rootfs
+from maas_chroot import MaasChrootError, UnsafePathError, inroot, rootfs
 
 
 @pytest.fixture(params=["openat2", "walk"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "walk":
-        monkeypatch.setattr(rootfs, "_have_openat2", False)
-    elif rootfs._have_openat2 is False:
+        monkeypatch.setattr(inroot, "_have_openat2", False)
+    elif inroot._have_openat2 is False:
         pytest.skip("this kernel has no openat2")
     return str(request.param)
 
