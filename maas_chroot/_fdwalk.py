@@ -1,18 +1,23 @@
-"""Depth-first walks by directory fd, without recursion and with a bounded fd budget.
+"""The one tree walk: depth-first by directory fd, without recursion, with a bounded fd budget.
 
-A tree may be deeper than Python's recursion limit (a malicious archive, a
-runaway build). :class:`DirStack` holds the directories from the walk's start
-down to the current one. Only the :data:`KEEP` deepest stay open; an ancestor
-whose fd was closed is re-opened through ``..`` of its child when the walk
-climbs back, and must be the same directory (``st_dev``, ``st_ino``) as when
-the walk went down, or the walk stops with ``ESTALE`` (the tree was moved
-under it). Every open is ``O_NOFOLLOW | O_DIRECTORY``.
+:func:`walk` is used by every recursive operation of the library (``remove_tree``,
+``pack``, sysprep's truncation and size count). A tree may be deeper than Python's
+recursion limit (a malicious archive, a runaway build), so nothing here recurses.
+:class:`DirStack` holds the directories from the walk's start down to the current
+one. Only the :data:`KEEP` deepest stay open; an ancestor whose fd was closed is
+re-opened through ``..`` of its child when the walk climbs back, and must be the
+same directory (``st_dev``, ``st_ino``) as when the walk went down, or the walk
+stops with ``ESTALE`` (the tree was moved under it). Every open is
+``O_NOFOLLOW | O_DIRECTORY``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 
 #: directory fds kept open below the walk's start (the caller's fd is never closed)
@@ -89,4 +94,75 @@ class DirStack:
         del self._fds[1:], self._ids[1:], self._where[1:]
 
 
-__all__ = ["DIR_FLAGS", "KEEP", "DirStack"]
+#: :attr:`Node.kind` values: a non-directory (or a directory not descended into), a
+#: directory about to be walked (before its entries), and one whose entries are done.
+ENTRY, ENTER, LEAVE = "entry", "enter", "leave"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step of :func:`walk`. The fds are valid until the walk takes its next step."""
+
+    kind: str
+    name: str  # the entry's name in its parent directory
+    rel: str  # its path below the walk's start ("etc/passwd")
+    where: str  # its path for messages (the start's ``where`` + ``rel``)
+    st: os.stat_result  # lstat, taken when the walk reached it
+    parent: int  # fd of the directory holding it
+    fd: int = -1  # ENTER: fd of the directory itself (O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+
+
+def same_filesystem(dev: int) -> Callable[[Node], bool]:
+    """A ``descend`` predicate: only directories on the filesystem ``dev``."""
+    return lambda node: node.st.st_dev == dev
+
+
+def walk(fd: int, where: str, *, descend: Callable[[Node], bool] | None = None,
+         sort: bool = False) -> Iterator[Node]:
+    """Walk the tree below the open directory ``fd``, depth-first, iteratively.
+
+    Yields every entry below ``fd`` (not ``fd`` itself): a directory as ``ENTER``,
+    then its entries, then ``LEAVE``; everything else as ``ENTRY``. ``descend(node)``
+    decides for each directory (default: only on ``fd``'s own filesystem); a
+    directory not descended into is an ``ENTRY``. ``sort`` walks entries in the
+    byte order of their names (deterministic output). Symlinks are never followed.
+    The caller may change the current directory (e.g. unlink what it was given).
+    """
+    if descend is None:
+        descend = same_filesystem(os.fstat(fd).st_dev)
+    with DirStack(fd, where) as dirs:
+        todo = [_names(fd, sort)]  # per open level: names still to visit, the next one last
+        rels = [""]
+        while True:
+            if not todo[-1]:
+                if len(dirs) == 1:
+                    return
+                todo.pop()
+                rel, here = rels.pop(), dirs.where
+                st, name = os.fstat(dirs.fd), rel.rpartition("/")[2]
+                dirs.pop()
+                yield Node(LEAVE, name, rel, here, st, dirs.fd)
+                continue
+            name = todo[-1].pop()
+            rel = f"{rels[-1]}/{name}" if rels[-1] else name
+            st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
+            node = Node(ENTRY, name, rel, f"{dirs.where}/{name}", st, dirs.fd)
+            if not stat.S_ISDIR(st.st_mode) or not descend(node):
+                yield node
+                continue
+            parent = dirs.fd
+            sub = dirs.push(name, st)
+            yield Node(ENTER, name, rel, dirs.where, st, parent, sub)
+            todo.append(_names(sub, sort))
+            rels.append(rel)
+
+
+def _names(fd: int, sort: bool) -> list[str]:
+    names = os.listdir(fd)
+    if sort:
+        names.sort(key=os.fsencode, reverse=True)
+    return names
+
+
+__all__ = ["DIR_FLAGS", "ENTER", "ENTRY", "KEEP", "LEAVE", "DirStack", "Node",
+           "same_filesystem", "walk"]

@@ -102,77 +102,47 @@ class TarWriter:
 
     # -- the walk ------------------------------------------------------------------------
     def add_tree(self, root: str) -> None:
-        """Add ``root`` and everything below it, depth-first in name order, iteratively.
+        """Add ``root`` and everything below it, depth-first in name order (:func:`_fdwalk.walk`).
 
-        A tree may be deeper than Python's recursion limit; the walk keeps a
-        bounded number of directory fds open (see :mod:`._fdwalk`).
+        A directory on another filesystem (a mount point) is stored, not descended into.
         """
         host = os.fsencode(root).rstrip(b"/") or b"/"
         top = os.open(root, _DIR_FLAGS)
         try:
-            st = os.fstat(top)
-            self._add(b".", host, st, top)
-            with _fdwalk.DirStack(top, os.fsdecode(host)) as dirs:
-                todo = [self._names(top)]  # per open level: the names still to add, last first
-                paths = [(b".", host)]
-                while True:
-                    if not todo[-1]:
-                        if len(dirs) == 1:
-                            return
-                        todo.pop()
-                        paths.pop()
-                        dirs.pop()
-                        continue
-                    name = todo[-1].pop()
-                    arc, parent = paths[-1]
-                    raw = os.fsencode(name)
-                    child = (arc + b"/" + raw, parent + b"/" + raw)
-                    sub = self._add_child(dirs.fd, name, *child, st.st_dev)
-                    if sub is not None:
-                        fd = dirs.push(name, sub)
-                        self._add(*child, sub, fd)
-                        todo.append(self._names(fd))
-                        paths.append(child)
+            dev = os.fstat(top).st_dev
+            self._add(b".", host, os.fstat(top), top)
+            for node in _fdwalk.walk(top, os.fsdecode(host), sort=self.sort):
+                if node.kind == _fdwalk.LEAVE:
+                    continue
+                rel = os.fsencode(node.rel)
+                arc, path = b"./" + rel, host + b"/" + rel
+                if node.kind == _fdwalk.ENTER:
+                    self._add(arc, path, node.st, node.fd)
+                else:
+                    self._add_entry(node, arc, path, dev)
         finally:
             os.close(top)
 
-    def _names(self, fd: int) -> list[str]:
-        names = os.listdir(fd)
-        if self.sort:
-            names.sort(key=os.fsencode, reverse=True)
-        return names
-
-    def _add_child(self, dfd: int, name: str, arc: bytes, host: bytes,
-                   dev: int) -> os.stat_result | None:
-        """Add a non-directory (or a mount point) now; return a directory's stat to descend."""
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        mode = st.st_mode
-        if st.st_dev != dev:
-            if not stat.S_ISDIR(mode):
-                log.warning("pack: skipping %s: another filesystem is mounted on it",
-                            os.fsdecode(host))
-                return None
-            log.warning("pack: not descending into %s: it is a mount point", os.fsdecode(host))
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                self._add(arc, host, st, fd)
-            finally:
-                os.close(fd)
-            return None
-        if stat.S_ISSOCK(mode):
+    def _add_entry(self, node: _fdwalk.Node, arc: bytes, host: bytes, dev: int) -> None:
+        """Add a non-directory, or a directory the walk does not enter (a mount point)."""
+        st, mode = node.st, node.st.st_mode
+        if st.st_dev != dev and not stat.S_ISDIR(mode):
+            log.warning("pack: skipping %s: another filesystem is mounted on it",
+                        os.fsdecode(host))
+        elif stat.S_ISSOCK(mode):
             log.warning("pack: skipping socket %s (tar cannot store sockets)", os.fsdecode(host))
-            return None
-        if stat.S_ISDIR(mode):
-            return st
-        if stat.S_ISREG(mode):
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        elif stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                log.warning("pack: not descending into %s: it is a mount point",
+                            os.fsdecode(host))
+            fd = os.open(node.name, _DIR_FLAGS if stat.S_ISDIR(mode) else _FILE_FLAGS,
+                         dir_fd=node.parent)
             try:
                 self._add(arc, host, st, fd)
             finally:
                 os.close(fd)
         else:
             self._add(arc, host, st, -1)
-        return None
 
     def _add(self, arc: bytes, host: bytes, st: os.stat_result, fd: int) -> None:
         e, aw = self._entry, self._aw

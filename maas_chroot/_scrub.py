@@ -146,26 +146,17 @@ class Scrub:
     def truncate_tree(self, dirpath: str) -> None:
         """Truncate every regular file below ``dirpath``; symlinks and other mounts are skipped."""
         with self.directory(dirpath) as dfd:
-            if dfd is not None:
-                self._truncate_tree(dfd, dirpath.rstrip("/"))
-
-    def _truncate_tree(self, dfd: int, where: str) -> None:
-        dev = os.fstat(dfd).st_dev
-        for name in sorted(os.listdir(dfd)):
-            path = f"{where}/{name}"
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                self.truncate_at(dfd, name, path)
-            elif stat.S_ISDIR(st.st_mode):
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=dfd)
-                try:
-                    if os.fstat(fd).st_dev != dev:
-                        self.notes.append(f"{path} is another filesystem: left alone")
-                        continue
-                    self._truncate_tree(fd, path)
-                finally:
-                    os.close(fd)
+            if dfd is None:
+                return
+            top = dirpath.rstrip("/")
+            for node in _fdwalk.walk(dfd, self.root + top, sort=True):
+                if node.kind != _fdwalk.ENTRY:
+                    continue
+                path = f"{top}/{node.rel}"
+                if stat.S_ISREG(node.st.st_mode):
+                    self.truncate_at(node.parent, node.name, path)
+                elif stat.S_ISDIR(node.st.st_mode):
+                    self.notes.append(f"{path} is another filesystem: left alone")
 
     def read_regular(self, path: str) -> tuple[bytes, os.stat_result] | None:
         """The bytes of ``path`` if it is a regular file (a symlink is not followed), else None."""
@@ -211,23 +202,6 @@ class Scrub:
 
 
 def _du(dfd: int) -> int:
-    """Apparent size of the regular files below the open directory ``dfd`` (no symlinks).
-
-    Iterative, so a tree deeper than the recursion limit is measured too.
-    """
-    total = 0
-    with _fdwalk.DirStack(dfd, ".") as dirs:
-        todo = [os.listdir(dfd)]  # per open level: the names still to measure
-        while True:
-            if not todo[-1]:
-                if len(dirs) == 1:
-                    return total
-                todo.pop()
-                dirs.pop()
-                continue
-            name = todo[-1].pop()
-            st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-            elif stat.S_ISDIR(st.st_mode):
-                todo.append(os.listdir(dirs.push(name, st)))
+    """Apparent size of the regular files below the open directory ``dfd`` (no symlinks)."""
+    return sum(node.st.st_size for node in _fdwalk.walk(dfd, ".")
+               if node.kind == _fdwalk.ENTRY and stat.S_ISREG(node.st.st_mode))

@@ -290,36 +290,21 @@ def clear_dir_at(dirfd: int, where: str) -> None:
 
 
 def _clear_dir(dirfd: int, dev: int, where: str) -> None:
-    """Empty ``dirfd`` depth-first, iteratively (a tree may be deeper than the recursion limit)."""
-    with _fdwalk.DirStack(dirfd, where) as dirs:
-        todo = [_names(dirfd)]  # per open level: the names still to delete
-        while True:
-            if todo[-1]:
-                name = todo[-1].pop()
-                st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    os.unlink(name, dir_fd=dirs.fd)
-                    continue
-                if st.st_dev != dev:
-                    raise MaasChrootError(
-                        f"refusing to delete {dirs.where}/{name}: it is on another filesystem "
-                        f"(a mount?)", hint=f"unmount {dirs.where}/{name} first")
-                todo.append(_names(dirs.push(name, st)))
-                continue
-            if len(dirs) == 1:
-                return
-            here = dirs.where
-            todo.pop()
-            dirs.pop()
-            try:
-                os.rmdir(here.rpartition("/")[2], dir_fd=dirs.fd)
-            except OSError as e:
-                if e.errno == errno.EBUSY:
-                    raise MaasChrootError(f"refusing to delete {here}: it is busy (mounted)",
-                                          hint=f"umount -R {here}") from e
-                raise
-
-
-def _names(dirfd: int) -> list[str]:
-    with os.scandir(dirfd) as it:
-        return [entry.name for entry in it]
+    """Empty ``dirfd`` depth-first (never leaving the filesystem ``dev``)."""
+    for node in _fdwalk.walk(dirfd, where, descend=_fdwalk.same_filesystem(dev)):
+        if node.kind == _fdwalk.ENTER:
+            continue
+        if node.kind == _fdwalk.ENTRY:
+            if stat.S_ISDIR(node.st.st_mode):
+                raise MaasChrootError(
+                    f"refusing to delete {node.where}: it is on another filesystem (a mount?)",
+                    hint=f"unmount {node.where} first")
+            os.unlink(node.name, dir_fd=node.parent)
+            continue
+        try:
+            os.rmdir(node.name, dir_fd=node.parent)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise MaasChrootError(f"refusing to delete {node.where}: it is busy (mounted)",
+                                      hint=f"umount -R {node.where}") from e
+            raise

@@ -219,3 +219,28 @@ def test_a_walk_stops_when_a_closed_ancestor_was_moved(tmp_path: Path,
         os.fstat(top)
     finally:
         os.close(top)
+
+
+@pytest.mark.root
+def test_sysprep_truncates_logs_in_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    from maas_chroot import sysprep
+
+    root = tmp_path / "root"
+    (root / "var/log").mkdir(parents=True)
+    depth = 1500
+    assert depth > sys.getrecursionlimit()
+    _deep_tree(root / "var/log/deep", depth)
+    try:
+        fds = _open_fds()
+        report = sysprep(root, progress=False)
+        assert _open_fds() == fds
+        assert len(report.paths("logs")) == depth
+        level = os.open(root / "var/log/deep", os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(depth):
+            assert os.stat("f", dir_fd=level).st_size == 0
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=level)
+            os.close(level)
+            level = sub
+        os.close(level)
+    finally:
+        _rm_deep(root / "var/log/deep")
