@@ -45,10 +45,6 @@ GZIP_STREAMS = 4
 #: seconds abort() waits for a killed compressor's output thread
 PUMP_TIMEOUT = 30
 
-#: compression name -> canonical kind
-KINDS = {"gzip": "gzip", "gz": "gzip", "tgz": "gzip", "xz": "xz", "txz": "xz",
-         "bzip2": "bzip2", "bz2": "bzip2", "tbz": "bzip2", "tbz2": "bzip2"}
-LEVELS = {"gzip": range(1, 10), "xz": range(0, 10), "bzip2": range(1, 10)}
 
 
 class Stream(Protocol):
@@ -227,5 +223,5 @@ def abort(stream: Any) -> None:
         fn()
 
 
-__all__ = ["KINDS", "LEVELS", "HashingFile", "Stream", "abort", "gzip_backend",
+__all__ = ["HashingFile", "Stream", "abort", "gzip_backend",
            "open_stream"]

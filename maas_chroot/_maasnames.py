@@ -26,17 +26,16 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
+from . import formats, releases
 from .errors import ArchiveError, ImageNameError
 
 logger = logging.getLogger(__name__)
 
 #: filetype values MAAS accepts for an upload (BOOT_RESOURCE_FILE_TYPE_CHOICES_UPLOAD).
-FILETYPES: tuple[str, ...] = (
-    "tgz", "tbz", "txz", "ddtgz", "ddtbz", "ddtxz", "ddtar", "ddbz2", "ddgz", "ddxz", "ddraw",
-)
+FILETYPES = formats.MAAS_FILETYPES
 
 #: LINUX_OSYSTEMS of maasserver.models.bootresource: allowed base image OSes.
 BASE_IMAGE_OSYSTEMS: tuple[str, ...] = ("ubuntu", "centos", "rhel", "ol")
@@ -50,42 +49,10 @@ RESERVED_OS_NAMES: frozenset[str] = frozenset({
     "pxelinux",
 })
 
-#: Every Ubuntu release codename, with its version (MAAS reserves each codename
-#: because the image stream offers ``ubuntu/<codename>``).
-UBUNTU_RELEASES: dict[str, str] = {
-    "warty": "4.10", "hoary": "5.04", "breezy": "5.10", "dapper": "6.06", "edgy": "6.10",
-    "feisty": "7.04", "gutsy": "7.10", "hardy": "8.04", "intrepid": "8.10",
-    "jaunty": "9.04", "karmic": "9.10", "lucid": "10.04", "maverick": "10.10",
-    "natty": "11.04", "oneiric": "11.10", "precise": "12.04", "quantal": "12.10",
-    "raring": "13.04", "saucy": "13.10", "trusty": "14.04", "utopic": "14.10",
-    "vivid": "15.04", "wily": "15.10", "xenial": "16.04", "yakkety": "16.10",
-    "zesty": "17.04", "artful": "17.10", "bionic": "18.04", "cosmic": "18.10",
-    "disco": "19.04", "eoan": "19.10", "focal": "20.04", "groovy": "20.10",
-    "hirsute": "21.04", "impish": "21.10", "jammy": "22.04", "kinetic": "22.10",
-    "lunar": "23.04", "mantic": "23.10", "noble": "24.04", "oracular": "24.10",
-    "plucky": "25.04", "questing": "25.10", "resolute": "26.04",
-}
-
-_DISTRO_INFO = "/usr/share/distro-info/ubuntu.csv"
 _MAX_NAME = 255      # BootResource.name is CharField(max_length=255)
 _CENTOS = re.compile(r"^centos\d\d?$")          # clean_name's CentOS reservation
 _ARCH = re.compile(r"^[a-z0-9_]+/[a-z0-9_.+-]+$")
 _SERIES = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-def ubuntu_releases() -> dict[str, str]:
-    """Codename -> version: the built-in table plus the host's distro-info, if any."""
-    releases = dict(UBUNTU_RELEASES)
-    try:
-        with open(_DISTRO_INFO, encoding="utf-8") as f:
-            next(f, None)                      # version,codename,series,created,...
-            for line in f:
-                cols = line.split(",")
-                if len(cols) > 2 and cols[2].strip().isalpha():
-                    releases.setdefault(cols[2].strip(), cols[0].split()[0])
-    except OSError:
-        pass
-    return releases
 
 
 def validate_name(name: str) -> str:
@@ -118,7 +85,7 @@ def validate_name(name: str) -> str:
                              "characters (MAAS's limit)")
     low = bare.lower()
     why = None
-    if low in ubuntu_releases():
+    if low in releases.ubuntu_releases():
         why = "an Ubuntu release codename"
     elif low in RESERVED_OS_NAMES:
         why = "an operating system name"
@@ -153,8 +120,8 @@ def validate_base_image(base_image: str) -> str:
         raise ImageNameError(
             f"base_image {base_image!r}: custom images require a valid non-custom OS type "
             f"base image ({', '.join(BASE_IMAGE_OSYSTEMS)})")
-    if osystem == "ubuntu" and series not in ubuntu_releases():
-        versions = {v: k for k, v in ubuntu_releases().items()}
+    if osystem == "ubuntu" and series not in releases.ubuntu_releases():
+        versions = {v: k for k, v in releases.ubuntu_releases().items()}
         if series in versions:
             raise ImageNameError(f"base_image {base_image!r} names a version, MAAS wants the "
                                  "codename", hint=f"use 'ubuntu/{versions[series]}'")
@@ -173,22 +140,23 @@ def validate_filetype(filetype: str) -> str:
 
 # --- filetype from magic bytes -----------------------------------------------------------
 
-def _is_tar(head: bytes) -> bool:
-    return len(head) >= 262 and head[257:262] == b"ustar"
-
-
 def _is_disk(head: bytes) -> bool:
     """An MBR boot signature, or a GPT header in LBA 1 (512-byte sectors)."""
     return (len(head) >= 512 and head[510:512] == b"\x55\xaa") or head[512:520] == b"EFI PART"
 
 
+_INFLATE: dict[str, Callable[[], Any]] = {
+    "gzip": lambda: zlib.decompressobj(31), "bzip2": bz2.BZ2Decompressor,
+    "xz": lzma.LZMADecompressor}
+
+
 def _inflate(kind: str, data: bytes, limit: int = 1024) -> bytes:
+    """The first ``limit`` bytes ``data`` inflates to (b"" for a decoder error or zstd)."""
+    make = _INFLATE.get(kind)
+    if make is None:
+        return b""
     try:
-        if kind == "gz":
-            return zlib.decompressobj(31).decompress(data, limit)
-        if kind == "bz2":
-            return bz2.BZ2Decompressor().decompress(data, max_length=limit)
-        return lzma.LZMADecompressor().decompress(data, max_length=limit)
+        return bytes(make().decompress(data, limit))
     except (zlib.error, OSError, lzma.LZMAError, EOFError):
         return b""
 
@@ -201,26 +169,23 @@ def infer_filetype(path: str | os.PathLike[str]) -> str:
     (zstd, which curtin cannot unpack, a plain tar, unknown data) needs an
     explicit ``filetype=``.
     """
-    with open(path, "rb") as f:
-        head = f.read(64 * 1024)
-    kinds = {b"\x1f\x8b": ("gz", "tgz", "ddgz"), b"BZh": ("bz2", "tbz", "ddbz2"),
-             b"\xfd7zXZ\x00": ("xz", "txz", "ddxz")}
-    for magic, (kind, tar_type, dd_type) in kinds.items():
-        if head.startswith(magic):
-            inner = _inflate(kind, head)
-            if _is_tar(inner):
-                return tar_type
-            if _is_disk(inner):
-                return dd_type
-            raise ArchiveError(
-                f"{os.fspath(path)}: {kind} data that is neither a tar nor a disk image",
-                path=path, hint=f"pass filetype= explicitly (one of {' '.join(FILETYPES)})")
+    head = formats.read_head(path, 64 * 1024)
+    kind = formats.compressed_by(head)
+    if kind is not None and kind.maas_tar is not None and kind.maas_dd is not None:
+        inner = _inflate(kind.name, head)
+        if formats.is_tar(inner):
+            return kind.maas_tar
+        if _is_disk(inner):
+            return kind.maas_dd
+        raise ArchiveError(
+            f"{os.fspath(path)}: {kind.name} data that is neither a tar nor a disk image",
+            path=path, hint=f"pass filetype= explicitly (one of {' '.join(FILETYPES)})")
     if _is_disk(head):
         return "ddraw"
-    what = ("zstd data: curtin cannot unpack zstd, repack with gzip"
-            if head.startswith(b"\x28\xb5\x2f\xfd") else
+    what = (f"{kind.name} data: curtin cannot unpack {kind.name}, repack with gzip"
+            if kind is not None else
             "an uncompressed tar (MAAS wants tgz/tbz/txz, or ddtar for a tar holding a disk "
-            "image)" if _is_tar(head) else "unknown data")
+            "image)" if formats.is_tar(head) else "unknown data")
     raise ArchiveError(f"{os.fspath(path)}: cannot tell the MAAS filetype: {what}", path=path,
                        hint=f"pass filetype= explicitly (one of {' '.join(FILETYPES)})")
 
@@ -251,7 +216,7 @@ def _release_from_text(text: str) -> str | None:
     dist = (fields.get("DISTRIB_ID") or fields.get("ID") or "").lower()
     code = (fields.get("DISTRIB_CODENAME") or fields.get("VERSION_CODENAME")
             or fields.get("UBUNTU_CODENAME") or "").lower()
-    if dist == "ubuntu" and code in ubuntu_releases():
+    if dist == "ubuntu" and code in releases.ubuntu_releases():
         return code
     return None
 
@@ -277,19 +242,3 @@ def sniff_ubuntu_release(path: str | os.PathLike[str], filetype: str) -> str | N
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
         pass
     return None
-
-
-def release_from_words(words: Iterable[str]) -> str | None:
-    """The single Ubuntu codename named by the words (``noble-custom``, ``ubuntu 24.04``);
-    None when none or several are named."""
-    releases = ubuntu_releases()
-    by_version = {v: k for k, v in releases.items()}
-    found = set()
-    for text in words:
-        for raw in re.split(r"[^a-z0-9.]+", text.lower()):
-            token = raw.strip(".")
-            if token in releases:
-                found.add(token)
-            elif token in by_version:
-                found.add(by_version[token])
-    return found.pop() if len(found) == 1 else None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import _journal, rootfs, run
+from . import _journal, formats, rootfs, run
 from . import bootstrap as _bootstrap
 from .errors import SourceError
 from .sources import ImageSource
@@ -29,8 +29,7 @@ from .sources import ImageSource
 Kind = Literal["image", "release", "url", "archive", "directory", "bootstrap"]
 
 _URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
-_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz",
-                     ".tar.zst", ".tzst", ".squashfs", ".sqfs", ".img")
+_ARCHIVE_SUFFIXES = (*formats.ARCHIVE_SUFFIXES, ".img")
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import stat
 from collections.abc import Iterable, Iterator
 
 from . import _fdwalk, rootfs
-from ._sysprep_report import SysprepItem, human_size
+from ._sysprep_report import SysprepItem
 from .errors import MaasChrootError
+from .progress import human_size
 
 log = logging.getLogger("maas_chroot.sysprep")
 

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-def human_size(n: int) -> str:
-    """``1536`` -> ``'1.5 KiB'`` (binary units, as tqdm shows them)."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+from .progress import human_size
 
 
 @dataclass(frozen=True)

@@ -28,17 +28,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _compress, _journal, _mktar, _untar, rootfs, run
+from . import _compress, _journal, _mktar, _untar, formats, rootfs, run
 from . import progress as _progress
 from .errors import ArchiveError, CommandError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PackResult", "detect_format", "extract", "pack"]
+__all__ = ["PackResult", "detect_format", "extract", "output_format", "pack"]
 
 _F_SETPIPE_SZ = 1031
-_MAGIC = ((b"\x1f\x8b", "tar.gz"), (b"\xfd7zXZ\x00", "tar.xz"), (b"BZh", "tar.bz2"),
-          (b"\x28\xb5\x2f\xfd", "tar.zst"), (b"hsqs", "squashfs"))
 
 
 @dataclass(frozen=True)
@@ -55,24 +53,20 @@ class PackResult:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The archive format of ``path`` from its magic bytes.
+    """The archive format of ``path`` from its magic bytes (see :func:`formats.detect`).
 
     One of "tar.gz", "tar.xz", "tar.bz2", "tar.zst", "tar", "squashfs".
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
+        found = formats.detect(formats.read_head(path))
     except OSError as e:
         raise ArchiveError(f"cannot read {os.fspath(path)}: {e.strerror}", path=path,
                            hint="check the path and its permissions") from e
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    if len(head) >= 263 and head[257:262] == b"ustar":
-        return "tar"
-    raise ArchiveError(f"{os.fspath(path)} is not a tar archive (plain, gzip, xz, bzip2 or "
-                       f"zstd) nor a squashfs image", path=path,
-                       hint="pass a rootfs tarball or squashfs image (e.g. from mc.fetch())")
+    if found is None:
+        raise ArchiveError(f"{os.fspath(path)} is not a tar archive (plain, gzip, xz, bzip2 "
+                           "or zstd) nor a squashfs image", path=path,
+                           hint="pass a rootfs tarball or squashfs image (e.g. from mc.fetch())")
+    return found
 
 
 # --- extract ----------------------------------------------------------------------------
@@ -148,13 +142,10 @@ def _xz_memlimit() -> tuple[str, ...]:
 
 def _decompressor(fmt: str) -> list[str] | None:
     """argv of the external decompressor for ``fmt`` (stdin to stdout), if installed."""
-    choices = {"tar.gz": (["pigz", "-dc"], ["gzip", "-dc"]),
-               "tar.xz": (["xz", "-dc", "-T0", *_xz_memlimit()],),
-               "tar.bz2": (["lbzip2", "-dc"], ["bzip2", "-dc"]),
-               "tar.zst": (["zstd", "-dcq"],)}.get(fmt, ())
-    for argv in choices:
+    kind = formats.compression(fmt)
+    for argv in kind.decompressors if kind is not None else ():
         if shutil.which(argv[0]):
-            return argv
+            return [*argv, *(_xz_memlimit() if argv[0] == "xz" else ())]
     return None
 
 
@@ -276,15 +267,16 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     ``threads`` (default: the usable cores) sizes xz/lbzip2, and gzip when
     ``reproducible`` is false.
     """
-    kind = _compress.KINDS.get(compression)
+    found = formats.compression(compression)
     where = os.fspath(out)
-    if kind is None:
-        hint = ("curtin cannot read zstd; use gzip (the default), xz or bzip2"
-                if compression in ("zstd", "zst") else "use gzip (the default), xz or bzip2")
+    if found is None or not found.curtin:
+        hint = (f"curtin cannot read {found.name}; use gzip (the default), xz or bzip2"
+                if found is not None else "use gzip (the default), xz or bzip2")
         raise ArchiveError(f"cannot pack {where} with compression {compression!r}",
                            path=where, hint=hint)
-    if level not in _compress.LEVELS[kind]:
-        lv = _compress.LEVELS[kind]
+    kind = found.name
+    if level not in found.levels:
+        lv = found.levels
         raise ArchiveError(f"level {level} is not valid for {kind}", path=where,
                            hint=f"use a level from {lv.start} to {lv.stop - 1}")
     src = _check_root(root, where)
@@ -311,6 +303,21 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
             from e
     log.info("packed %s into %s (%d bytes)", src, dest, raw.size)
     return PackResult(dest, raw.size, raw.sha256)
+
+
+def output_format(out: str | os.PathLike[str]) -> tuple[str, str]:
+    """(pack compression, MAAS filetype) for an output file name: ``x.tgz`` -> gzip, tgz.
+
+    Only what curtin deploys: gzip, xz and bzip2 (:mod:`maas_chroot.formats`).
+    """
+    name = os.path.basename(os.fspath(out))
+    found = formats.tar_output(name)
+    if found is None or found.maas_tar is None:
+        why = f"curtin cannot unpack {found.name}; " if found is not None else ""
+        raise ArchiveError(f"cannot tell the output format from the name {name!r}",
+                           path=out, hint=f"{why}name it .tgz (what MAAS and curtin expect), "
+                                          ".tar.xz or .tar.bz2")
+    return found.name, found.maas_tar
 
 
 def _check_root(root: str | os.PathLike[str], out: str) -> str:

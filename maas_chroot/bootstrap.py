@@ -27,9 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hostapt, rootfs, run
+from . import formats, hostapt, rootfs, run
 from . import progress as _progress
-from .errors import CommandError, SourceError
+from .errors import CommandError, SourceError, tail
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ _SUITE = re.compile(r"^[a-z][a-z0-9.+-]*$")
 #: files of the image, which create() removes afterwards.
 _FAST_OPTS = ("--dpkgopt=force-unsafe-io", '--aptopt=Acquire::Languages "none"')
 _FAST_FILES = ("/etc/dpkg/dpkg.cfg.d/99mmdebstrap", "/etc/apt/apt.conf.d/99mmdebstrap")
-_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2",
-                     ".squashfs", ".sqfs")
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def resolve(suite: str, *, mirror: str | None = None, keyring: str | os.PathLike
 
 def is_directory_target(target: str | os.PathLike[str]) -> bool:
     """mmdebstrap writes a directory unless the name says archive."""
-    return not os.fspath(target).endswith(_ARCHIVE_SUFFIXES)
+    return not os.fspath(target).lower().endswith(formats.ARCHIVE_SUFFIXES)
 
 
 def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
@@ -165,7 +163,7 @@ def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
         else:
             run.run([*args[:1], "--quiet", *args[1:]])
     except CommandError as e:
-        detail = f":\n{_tail(e.stderr)}" if e.stderr else " (its output is above)"
+        detail = f":\n{tail(e.stderr, 8)}" if e.stderr else " (its output is above)"
         raise SourceError(
             f"mmdebstrap could not bootstrap {spec.suite!r} from {spec.uri}{detail}",
             hint="check the suite name and the mirror (and --keyring for a foreign "
@@ -175,8 +173,3 @@ def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
         for path in _FAST_FILES:  # ours alone: mmdebstrap made them from _FAST_OPTS
             rootfs.unlink(target, path)
     return target
-
-
-def _tail(text: str | None, lines: int = 8) -> str:
-    kept = [line for line in (text or "").splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])

@@ -23,23 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _resolve, archive, bootstrap, maas, rootfs, sources
+from . import _resolve, archive, bootstrap, maas, releases, rootfs, sources
 from ._customise import Command, Customisation, customise
 from .errors import ArchiveError, BuildError, MaasChrootError, PrivilegeError, SourceError
 from .fetch import Verify
 from .fetch import fetch as _fetch
+from .progress import human_size
 from .sysprep import SysprepReport
 from .sysprep import sysprep as _sysprep
 
 log = logging.getLogger(__name__)
-
-#: Output suffix -> (pack compression, MAAS filetype). curtin deploys gzip, bzip2 and xz.
-OUTPUT_FORMATS: Mapping[str, tuple[str, str]] = {
-    ".tgz": ("gzip", "tgz"), ".tar.gz": ("gzip", "tgz"),
-    ".txz": ("xz", "txz"), ".tar.xz": ("xz", "txz"),
-    ".tbz": ("bzip2", "tbz"), ".tar.bz2": ("bzip2", "tbz"),
-}
-
 
 @dataclass(frozen=True)
 class Upload:
@@ -79,7 +72,7 @@ class BuildResult:
         return sum(secs for _, secs in self.steps)
 
     def __repr__(self) -> str:
-        lines = [f"BuildResult({os.fspath(self.output)!r}, {_human(self.size)}, "
+        lines = [f"BuildResult({os.fspath(self.output)!r}, {human_size(self.size)}, "
                  f"sha256={self.sha256[:16]}…)",
                  f"  source    {self.source}"]
         if self.rootfs is not None:
@@ -90,7 +83,7 @@ class BuildResult:
                          + (f", base_image {up.base_image}" if up.base_image else "") + ")")
         if self.sysprep is not None:
             rep = self.sysprep
-            lines.append(f"  sysprep   {len(rep.items)} items, {_human(rep.freed)} freed"
+            lines.append(f"  sysprep   {len(rep.items)} items, {human_size(rep.freed)} freed"
                          + "".join(f"\n  warning   {w}" for w in rep.warnings))
         for name, secs in self.durations.items():
             lines.append(f"  {name:<9} {secs:7.1f} s")
@@ -176,7 +169,7 @@ def build(
                                          variant=variant, include=include, arch=arch)
             if plan.kind == "url" and not (sha256 or sums_url or verify):
                 _unverifiable(plan.value)
-            compression, filetype = output_format(out)
+            compression, filetype = archive.output_format(out)
             up = _check_upload(upload, plan)
             custom.check()
             _check_dirs(plan, out, kept, in_place,
@@ -282,16 +275,6 @@ def _unverifiable(url: str) -> None:
                                "or verify=\"none\" (--verify none) to accept it unverified")
 
 
-def output_format(out: Path) -> tuple[str, str]:
-    name = out.name.lower()
-    for suffix, fmt in sorted(OUTPUT_FORMATS.items(), key=lambda kv: -len(kv[0])):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return fmt
-    raise ArchiveError(f"cannot tell the output format from the name {out.name!r}",
-                       path=out, hint="name it .tgz (what MAAS and curtin expect), "
-                                      ".tar.xz or .tar.bz2")
-
-
 def _check_upload(upload: Upload | Mapping[str, Any] | None,
                   plan: _resolve.Plan) -> Upload | None:
     if upload is None:
@@ -311,12 +294,8 @@ def _ubuntu_base(plan: _resolve.Plan) -> str | None:
         release = plan.value
     elif plan.kind == "image" and plan.image is not None:
         release = getattr(plan.image, "release", None)
-    if release is None:
-        return None
-    for codename, version in sources.RELEASES.items():
-        if release in (codename, version):
-            return f"ubuntu/{codename}"
-    return None
+    codename = releases.codename_of(release) if release is not None else None
+    return f"ubuntu/{codename}" if codename is not None else None
 
 
 def _check_dirs(plan: _resolve.Plan, out: Path, kept: Path | None, in_place: bool,
@@ -377,12 +356,3 @@ def _failed(step: str, err: Exception, kept: Path | None) -> BuildError:
     error = BuildError(msg, step=step, workdir=os.fspath(kept) if kept else None, hint=hint)
     error.cause = err  # type: ignore[attr-defined]
     return error
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import _resolve, archive, chroot, maas, sources
 from ._cli_args import PROG, UsageError, parse
-from .build import Upload, build, output_format
+from .build import Upload, build
 from .errors import MaasChrootError, PrivilegeError
 from .fetch import fetch
 from .sysprep import sysprep
@@ -182,7 +182,7 @@ def _shell(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    compression, _ = output_format(Path(args.output))
+    compression, _ = archive.output_format(args.output)
     if args.sysprep:
         print(repr(sysprep(args.root, progress=args.progress)), file=sys.stderr)
     res = archive.pack(args.root, args.output, compression=compression, level=args.level,

@@ -91,9 +91,9 @@ class CommandError(MaasChrootError):
         if message is None:
             message = (f"command {self.argv[0]!r} failed with exit code {returncode}: "
                        f"{shlex.join(self.argv)}")
-            tail = _tail(stderr)
-            if tail:
-                message += "\n" + tail
+            last = tail(stderr)
+            if last:
+                message += "\n" + last
         super().__init__(message, hint=hint)
 
 
@@ -151,7 +151,8 @@ class BuildError(MaasChrootError):
         self.workdir = workdir
 
 
-def _tail(text: str | None, lines: int = 20) -> str:
+def tail(text: str | None, lines: int = 20) -> str:
+    """The last ``lines`` non-blank lines of a tool's output, for an error message."""
     if not text:
         return ""
     kept = [line for line in text.strip().splitlines() if line.strip()]

@@ -36,7 +36,7 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from . import _maasapi, _maasnames, progress
+from . import _maasapi, _maasnames, progress, releases
 from ._maasapi import read_profile
 from ._maasnames import (
     FILETYPES,
@@ -225,7 +225,7 @@ class MaasClient:
         filetype = filetype or infer_filetype(file)       # cheap checks before the long read
         if base_image is None:
             found = (_maasnames.sniff_ubuntu_release(file, filetype)
-                     or _maasnames.release_from_words([full, title or ""]))
+                     or releases.named_in([full, title or ""]))
             if found:
                 base_image = f"ubuntu/{found}"
             else:

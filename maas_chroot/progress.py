@@ -32,6 +32,16 @@ def enabled(progress: bool | None) -> bool:
         return False
 
 
+def human_size(n: int) -> str:
+    """``1536`` -> ``'1.5 KiB'`` (binary units, as the bars show them)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def bar(progress: bool | None, *, total: float | None, desc: str, unit: str = "B",
         **kwargs: Any) -> tqdm[Any]:
     """A tqdm bar (bytes by default, scaled to KiB/MiB), disabled unless :func:`enabled`."""

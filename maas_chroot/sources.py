@@ -26,25 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from . import releases
 from .errors import SourceError
 
 #: The documented home of Ubuntu cloud images; override per call or with ``MAAS_CHROOT_MIRROR``.
 DEFAULT_MIRROR = "https://cloud-images.ubuntu.com"
 MIRROR_ENV = "MAAS_CHROOT_MIRROR"
-
-#: Ubuntu releases with cloud images, codename -> version. A mirror may not carry
-#: every one of them (end-of-life releases move to an archive host): a 404 names the URL.
-RELEASES: Mapping[str, str] = MappingProxyType({
-    "bionic": "18.04",
-    "focal": "20.04",
-    "jammy": "22.04",
-    "noble": "24.04",
-    "oracular": "24.10",
-    "plucky": "25.04",
-    "questing": "25.10",
-    "resolute": "26.04",
-    "stonking": "26.10",
-})
 
 #: Architectures cloud-images publishes (not every release has every one).
 ARCHITECTURES: tuple[str, ...] = ("amd64", "arm64", "armhf", "ppc64el", "riscv64", "s390x")
@@ -115,19 +102,6 @@ class ImageSource:
         return f"ImageSource(url={self.url!r}{extra})"
 
 
-def resolve_release(release: str) -> tuple[str, str]:
-    """``"noble"``, ``"Noble"`` or ``"24.04"`` -> ``("noble", "24.04")``."""
-    key = str(release).strip().lower()
-    if key in RELEASES:
-        return key, RELEASES[key]
-    for codename, version in RELEASES.items():
-        if version == key:
-            return codename, version
-    valid = ", ".join(f"{c} ({v})" for c, v in RELEASES.items())
-    raise SourceError(f"unknown Ubuntu release {release!r}; valid releases: {valid}",
-                      hint="give a codename such as 'noble' or a version such as '24.04'")
-
-
 def default_mirror() -> str:
     """``$MAAS_CHROOT_MIRROR`` if set, else :data:`DEFAULT_MIRROR`."""
     return os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
@@ -143,7 +117,7 @@ def cloud_image(release: str, *, arch: str = "amd64", fmt: str = "squashfs",
     ``$MAAS_CHROOT_MIRROR``, else https://cloud-images.ubuntu.com; an http(s) or
     file:// URL of a tree laid out like cloud-images.
     """
-    codename, version = resolve_release(release)
+    codename, version = releases.cloud_release(release)
     if arch not in ARCHITECTURES:
         raise SourceError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}",
                           hint="use Debian architecture names, e.g. amd64 rather than x86_64")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from . import _journal, rootfs
 from . import progress as _progress
 from ._scrub import Scrub
-from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport, human_size
+from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport
 from .errors import ChrootBusyError, ChrootError, MaasChrootError
 
 __all__ = ["OPERATIONS", "SysprepItem", "SysprepOperation", "SysprepReport", "sysprep"]
@@ -201,7 +201,8 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
                      "MAAS (curtin) installs one at deploy time")
     report = SysprepReport(top, tuple(results), warnings, tuple(notes), kernels, cloud_init,
                            netplan)
-    log.info("sysprep %s: %d items, %s freed", top, len(report.items), human_size(report.freed))
+    log.info("sysprep %s: %d items, %s freed", top, len(report.items),
+             _progress.human_size(report.freed))
     for w in warnings:
         log.warning("sysprep %s: %s", top, w)
     return report

@@ -52,6 +52,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from maas_chroot import releases as _releases
 from maas_chroot import sources
 
 GPG_UID_MAIN = "maas-chroot test signing key <signing@example.invalid>"
@@ -552,7 +553,7 @@ def _populate(root: Path, art: dict[str, Path], gpg: _Gpg, releases: Iterable[st
               arches: Iterable[str], formats: Iterable[str], serial: str,
               daily_serial: str) -> None:
     for release in releases:
-        codename, version = sources.resolve_release(release)
+        codename, version = _releases.cloud_release(release)
         for stream, directory, link, prefix in (
                 ("release", root / "releases" / codename / f"release-{serial}",
                  root / "releases" / codename / "release", f"ubuntu-{version}"),

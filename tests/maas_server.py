@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from maas_chroot import _maasnames
+from maas_chroot import _maasnames, releases
 
 PREFIX = "/MAAS/api/2.0/"
 TIMESTAMP_THRESHOLD = 300
@@ -250,7 +250,7 @@ class FakeMaas:
                     errors["name"] = [
                         f"Unsupport operating system {osystem}, supported operating "
                         f"systems: {sorted(_maasnames.RESERVED_OS_NAMES)}"]
-            if (name in _maasnames.ubuntu_releases() or name in _maasnames.RESERVED_OS_NAMES
+            if (name in releases.ubuntu_releases() or name in _maasnames.RESERVED_OS_NAMES
                     or re.search(r"^centos\d\d?$", name)):
                 errors["name"] = [f"{name} is a reserved name"]
         arch = data.get("architecture", "")

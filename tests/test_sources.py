@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import maas_chroot as mc
-from maas_chroot import sources
+from maas_chroot import releases, sources
 from maas_chroot._verify import sums_entry
 from maas_chroot.errors import SourceError, VerificationError
 from maas_chroot.fetch import cache_path, default_cache_dir
@@ -65,12 +65,14 @@ def test_fields_and_repr() -> None:
 
 
 def test_releases_table_is_codename_to_version() -> None:
-    assert sources.RELEASES["focal"] == "20.04"
-    assert sources.RELEASES["jammy"] == "22.04"
-    assert sources.RELEASES["noble"] == "24.04"
-    for codename, version in sources.RELEASES.items():
-        assert sources.resolve_release(version) == (codename, version)
-        assert sources.resolve_release(codename.upper()) == (codename, version)
+    assert releases.CLOUD_RELEASES["focal"] == "20.04"
+    assert releases.CLOUD_RELEASES["jammy"] == "22.04"
+    assert releases.CLOUD_RELEASES["noble"] == "24.04"
+    for codename, version in releases.CLOUD_RELEASES.items():
+        assert releases.cloud_release(version) == (codename, version)
+        assert releases.cloud_release(codename.upper()) == (codename, version)
+    # one table: every cloud release is one MAAS reserves and accepts as a base image
+    assert set(releases.CLOUD_RELEASES) <= set(releases.ubuntu_releases())
 
 
 def test_mirror_per_call_and_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
