@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from .archive import PackResult, extract, pack
-from .build import BuildResult, Upload, build
+from .build import BuildResult, BuildSpec, build
 from .chroot import Bind, Chroot, recover
 from .errors import (
     ArchiveError,
@@ -30,12 +30,13 @@ from .errors import (
     MaasChrootError,
     PrivilegeError,
     SourceError,
+    SpecError,
     UnsafeArchiveError,
     UnsafePathError,
     VerificationError,
 )
 from .fetch import fetch
-from .maas import BootResource, MaasClient
+from .maas import BootResource, MaasClient, Upload
 from .sources import ImageSource, cloud_image
 from .sysprep import SysprepReport, sysprep
 
@@ -49,6 +50,7 @@ __all__ = [
     "BootResource",
     "BuildError",
     "BuildResult",
+    "BuildSpec",
     "Chroot",
     "ChrootBusyError",
     "ChrootError",
@@ -62,6 +64,7 @@ __all__ = [
     "PackResult",
     "PrivilegeError",
     "SourceError",
+    "SpecError",
     "SysprepReport",
     "UnsafeArchiveError",
     "UnsafePathError",

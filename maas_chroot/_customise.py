@@ -9,17 +9,18 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Union
 
 from . import hostapt
-from .chroot import Chroot
-from .errors import SourceError
+from .chroot import Chroot, Network
+from .errors import SpecError
+from .steps import Step
 
 #: A build command: an argv list (run as is), a string (run with ``/bin/sh -c`` inside
 #: the chroot) or a :class:`pathlib.Path` (a host script, copied in and run).
 Command = Union[Sequence[str], str, "os.PathLike[str]"]
 
-Steps = Callable[[str], AbstractContextManager[None]]
+Steps = Callable[[Step], AbstractContextManager[None]]
 
 _SCRIPT_DIR = "/root"
 
@@ -46,16 +47,26 @@ def parse_apt_source(line: str, default_key: str | None = None) -> AptRepo:
     text = line.strip()
     src = hostapt.parse_line(text if text.startswith("deb ") else f"deb {text}")
     if src is None or "://" not in src.uri:
-        raise SourceError(f"not an apt source line: {line!r}",
-                          hint="write it as 'URI SUITE COMPONENT...', e.g. "
+        raise SpecError(f"not an apt source line: {line!r}", key="apt_sources",
+                        hint="write it as 'URI SUITE COMPONENT...', e.g. "
                                "'http://ppa.example/ubuntu noble main'")
     return AptRepo(src.uri, src.suites[0], src.components or ("main",),
                    src.signed_by or default_key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Customisation:
-    """Everything build() does inside the chroot (see build()'s docstring for the order)."""
+    """Everything build() does inside the chroot (the customisation keys of a build spec).
+
+    In this order, in one :class:`~maas_chroot.Chroot` session (``network``):
+    ``apt_sources`` (one-line ``"[deb] [signed-by=KEY] URI SUITE COMPONENT..."``,
+    ``apt_key`` for those without one), ``apt-get update`` (when any apt work is
+    asked for), ``upgrade`` (dist-upgrade), ``packages``, ``remove`` (+ autoremove,
+    ``purge``), ``files`` (image path -> host path, or bytes for content),
+    ``commands`` (an argv list run as is; a string run with ``/bin/sh -c``; a
+    :class:`pathlib.Path` is a host script copied in and run), then ``apt-get
+    clean``. ``apt_proxy`` is used for the build only: it is not left in the image.
+    """
 
     packages: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
@@ -66,6 +77,7 @@ class Customisation:
     apt_sources: tuple[str, ...] = ()
     apt_key: str | os.PathLike[str] | None = None
     apt_proxy: str | None = None
+    network: Network = "host"
 
     def uses_apt(self) -> bool:
         return bool(self.packages or self.remove or self.upgrade or self.apt_sources)
@@ -81,33 +93,33 @@ class Customisation:
         """Refuse, before any slow step, what is bound to fail later."""
         for repo in self.repos():
             if repo.key is None:
-                raise SourceError(f"apt source {repo.uri} {repo.suite} has no signing key",
-                                  hint="give its key with --apt-key FILE (apt_key=), or "
-                                       "[signed-by=FILE] in the line")
+                raise SpecError(f"apt source {repo.uri} {repo.suite} has no signing key",
+                                key="apt_sources", hint="give its key with --apt-key FILE "
+                                "(apt_key=), or [signed-by=FILE] in the line")
             if not os.path.isfile(repo.key):
-                raise SourceError(f"apt key not found: {repo.key}",
-                                  hint="give the path of a key file on this machine")
+                raise SpecError(f"apt key not found: {repo.key}", key="apt_key",
+                                hint="give the path of a key file on this machine")
         for dest, src in self.files:
             if not dest.startswith("/"):
-                raise SourceError(f"image path {dest!r} for a copied file is not absolute",
-                                  hint="write it as SRC:/absolute/path/in/image")
+                raise SpecError(f"image path {dest!r} for a copied file is not absolute",
+                                key="files", hint="write it as SRC:/absolute/path/in/image")
             if not isinstance(src, bytes) and not os.path.exists(src):
-                raise SourceError(f"file to copy into the image not found: {os.fspath(src)}",
-                                  hint="check the SRC of --copy SRC:DEST")
+                raise SpecError(f"file to copy into the image not found: {os.fspath(src)}",
+                                key="files", hint="check the SRC of --copy SRC:DEST")
         for cmd in self.commands:
             if isinstance(cmd, os.PathLike) and not os.path.isfile(cmd):
-                raise SourceError(f"script not found: {os.fspath(cmd)}",
-                                  hint="check the path given to --script")
+                raise SpecError(f"script not found: {os.fspath(cmd)}", key="commands",
+                                hint="check the path given to --script")
             if not isinstance(cmd, (str, os.PathLike)) and not list(cmd):
-                raise SourceError("an empty command was given", hint="give an argv list")
+                raise SpecError("an empty command was given", key="commands",
+                                hint="give an argv list")
 
 
-def customise(root: Path, c: Customisation, steps: Steps, *,
-              network: Literal["host", "none"], progress: bool | None) -> None:
+def customise(root: Path, c: Customisation, steps: Steps, *, progress: bool | None) -> None:
     """Run the customisation ``c`` on ``root`` in one chroot session."""
     with ExitStack() as stack:
-        with steps("chroot"):
-            ch = stack.enter_context(Chroot(root, network=network))
+        with steps(Step.CHROOT):
+            ch = stack.enter_context(Chroot(root, network=c.network))
         apt = ch.apt
         if c.uses_apt():
             if c.apt_proxy:
@@ -115,31 +127,31 @@ def customise(root: Path, c: Customisation, steps: Steps, *,
             for repo in c.repos():
                 apt.add_source(repo.name, [repo.uri], [repo.suite], list(repo.components),
                                key=repo.key or "")
-            with steps("update"):
+            with steps(Step.UPDATE):
                 apt.update(progress=progress)
         if c.upgrade:
-            with steps("upgrade"):
+            with steps(Step.UPGRADE):
                 apt.upgrade(dist=True, progress=progress)
         if c.packages:
-            with steps("install"):
+            with steps(Step.INSTALL):
                 apt.install(list(c.packages), progress=progress)
         if c.remove:
-            with steps("remove"):
+            with steps(Step.REMOVE):
                 apt.remove(list(c.remove), purge=c.purge, progress=progress)
                 apt.autoremove(purge=c.purge, progress=progress)
         if c.files:
-            with steps("files"):
+            with steps(Step.FILES):
                 for dest, src in c.files:
                     if isinstance(src, bytes):
                         ch.write_file(dest, src)
                     else:
                         ch.copy_in(src, dest)
         if c.commands:
-            with steps("commands"):
+            with steps(Step.COMMANDS):
                 for i, cmd in enumerate(c.commands):
                     _run_command(ch, cmd, i)
         if c.uses_apt():
-            with steps("apt clean"):
+            with steps(Step.APT_CLEAN):
                 apt.clean()
 
 

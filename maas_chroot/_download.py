@@ -28,6 +28,7 @@ import urllib3
 from . import progress as progress_mod
 from ._verify import file_sha256
 from .errors import FetchError
+from .sources import file_url_path
 
 log = logging.getLogger(__name__)
 
@@ -319,14 +320,6 @@ def _discard(part: Path, state: Path) -> None:
 def discard_part(part: Path) -> None:
     """Delete a partial download and its resume state."""
     _discard(part, part.with_name(part.name + ".json"))
-
-
-def file_url_path(url: str) -> Path:
-    """The local path of a file:// URL."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.netloc not in ("", "localhost"):
-        raise FetchError(f"{url}: file URLs must be local", url=url)
-    return Path(urllib.request.url2pathname(parsed.path))
 
 
 def _read_file_url(url: str) -> bytes:

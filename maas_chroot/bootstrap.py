@@ -3,9 +3,9 @@
 This is the maas-image-builder route, for sites whose distribution mirror is
 their only source of images::
 
-    bootstrap("bookworm", "/srv/work/rootfs")              # the host's own mirror
-    bootstrap("noble", "/srv/work/rootfs", mirror=URL,
-              keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg")
+    create(spec_for("bookworm"), "/srv/work/rootfs")        # the host's own mirror
+    create(spec_for("noble", mirror=URL,
+                    keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg"), "/srv/work/rootfs")
 
 The mirror defaults to the one the machine's apt already uses for that suite
 (:func:`maas_chroot.hostapt.host_mirror`); a suite the host's apt does not
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import sys
 from collections.abc import Iterable
@@ -33,14 +32,9 @@ from .errors import CommandError, SourceError, tail
 
 log = logging.getLogger(__name__)
 
-#: Prefix of a bootstrap source string: ``bootstrap:bookworm``.
-PREFIX = "bootstrap:"
-
 #: mmdebstrap variants accepted by :func:`bootstrap`.
 VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "important",
             "standard")
-
-_SUITE = re.compile(r"^[a-z][a-z0-9.+-]*$")
 
 #: Build-time speed-ups for a directory target: dpkg without fsync (the disk is synced
 #: once, at pack time) and no translation indexes. mmdebstrap writes them into these
@@ -51,10 +45,10 @@ _FAST_FILES = ("/etc/dpkg/dpkg.cfg.d/99mmdebstrap", "/etc/apt/apt.conf.d/99mmdeb
 
 @dataclass(frozen=True)
 class BootstrapSpec:
-    """What to bootstrap: a suite from a mirror (``uri=None``: the host's mirror)."""
+    """What to bootstrap: a suite from a mirror (see :func:`spec_for`)."""
 
     suite: str
-    uri: str | None = None
+    uri: str
     components: tuple[str, ...] = ()
     keyring: str | None = None
     variant: str = "minbase"
@@ -62,23 +56,12 @@ class BootstrapSpec:
     arch: str | None = None
 
 
-def parse(source: str) -> str | None:
-    """The suite of a ``bootstrap:<suite>`` source string, or None for any other source."""
-    if not source.startswith(PREFIX):
-        return None
-    suite = source[len(PREFIX):].strip()
-    if not _SUITE.match(suite):
-        raise SourceError(
-            f"not a valid bootstrap source: {source!r}",
-            hint="name a distribution suite, such as bootstrap:bookworm or bootstrap:noble",
-        )
-    return suite
-
-
-def resolve(suite: str, *, mirror: str | None = None, keyring: str | os.PathLike[str] | None = None,
-            components: Iterable[str] | None = None, variant: str = "minbase",
-            include: Iterable[str] = (), arch: str | None = None) -> BootstrapSpec:
-    """Fill in the defaults: the host's mirror, its components and its keyring."""
+def spec_for(suite: str, *, mirror: str | None = None,
+             keyring: str | os.PathLike[str] | None = None,
+             components: Iterable[str] | None = None, variant: str = "minbase",
+             include: Iterable[str] = (), arch: str | None = None) -> BootstrapSpec:
+    """What to bootstrap, with the defaults filled in: the host's mirror, its components
+    and its keyring. Reads the host's apt configuration only."""
     if variant not in VARIANTS:
         raise SourceError(f"unknown mmdebstrap variant {variant!r}",
                           hint=f"use one of: {', '.join(VARIANTS)}")
@@ -109,8 +92,6 @@ def is_directory_target(target: str | os.PathLike[str]) -> bool:
 
 def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
     """The mmdebstrap command line for ``spec`` writing ``target`` (a directory or a tarball)."""
-    if spec.uri is None:
-        raise ValueError("resolve() the spec first")
     args = ["mmdebstrap", "--mode=unshare", f"--variant={spec.variant}",
             "--components=" + ",".join(spec.components)]
     if spec.keyring:
@@ -124,25 +105,9 @@ def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
     return [*args, spec.suite, os.fspath(target), spec.uri]
 
 
-def bootstrap(suite: str, dest: str | os.PathLike[str], *, mirror: str | None = None,
-              progress: bool | None = None,
-              keyring: str | os.PathLike[str] | None = None,
-              components: Iterable[str] | None = None, variant: str = "minbase",
-              include: Iterable[str] = (), arch: str | None = None) -> Path:
-    """Build a rootfs of ``suite`` with mmdebstrap into ``dest``; return its path.
-
-    ``dest`` is a directory that does not exist or is empty, or a file name
-    ending in ``.tar``, ``.tar.gz``, ``.tar.xz``, ``.tar.zst`` or ``.squashfs``
-    (mmdebstrap picks the format from it). Needs root.
-    """
-    spec = resolve(suite, mirror=mirror, keyring=keyring, components=components,
-                   variant=variant, include=include, arch=arch)
-    return create(spec, dest, progress=progress)
-
-
 def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
            progress: bool | None = None) -> Path:
-    """Run mmdebstrap for a spec from :func:`resolve` into ``dest``; return its path.
+    """Run mmdebstrap for a spec from :func:`spec_for` into ``dest``; return its path.
 
     With progress on a terminal, mmdebstrap draws its own progress bars there;
     otherwise it runs quietly and its error output goes into the exception.

@@ -16,11 +16,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _resolve, archive, chroot, maas, sources
+from . import _resolve, archive, chroot, maas
 from ._cli_args import PROG, UsageError, parse
-from .build import Upload, build
-from .errors import MaasChrootError, PrivilegeError
+from .build import BuildSpec, build
+from .errors import MaasChrootError, PrivilegeError, SourceError
 from .fetch import fetch
+from .maas import Upload
 from .sysprep import sysprep
 
 log = logging.getLogger("maas_chroot.cli")
@@ -120,47 +121,40 @@ def _client(args: argparse.Namespace) -> maas.MaasClient:
              "or set MAAS_URL and MAAS_API_KEY")
 
 
-def build_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """The keyword arguments of :func:`maas_chroot.build` for ``maas-chroot build`` args."""
-    kwargs: dict[str, object] = dict(
-        packages=list(args.packages), remove=list(args.remove), purge=args.purge,
-        upgrade=args.upgrade, commands=list(args.commands), files=dict(args.files),
-        apt_sources=list(args.apt_sources), apt_key=args.apt_key, apt_proxy=args.apt_proxy,
-        sysprep=args.sysprep, sysprep_keep=list(args.sysprep_keep), network=args.network,
-        workdir=args.workdir, keep_rootfs=args.keep_rootfs, in_place=args.in_place,
-        progress=args.progress, arch=args.arch, fmt=args.fmt, stream=args.stream,
-        mirror=args.mirror, keyring=args.keyring, verify=args.verify, sha256=args.sha256,
-        sums_url=args.sums_url, cache_dir=args.cache_dir, variant=args.variant,
-        include=list(args.include),
-        level=args.level, upload=None,
-    )
+def build_spec(args: argparse.Namespace) -> BuildSpec:
+    """The :class:`~maas_chroot.build.BuildSpec` of ``maas-chroot build`` arguments."""
+    upload = None
     if args.name:
         # validate the name before anything touches the network or the disk
-        name = maas.validate_name(args.name)
-        kwargs["upload"] = Upload(client=_client(args), name=name, title=args.title,
-                                  architecture=args.architecture, base_image=args.base_image)
-    return kwargs
+        upload = Upload(client=_client(args), name=maas.validate_name(args.name),
+                        title=args.title, architecture=args.architecture,
+                        base_image=args.base_image)
+    return BuildSpec.create(
+        args.source, args.output,
+        packages=args.packages, remove=args.remove, purge=args.purge, upgrade=args.upgrade,
+        commands=args.commands, files=dict(args.files), apt_sources=args.apt_sources,
+        apt_key=args.apt_key, apt_proxy=args.apt_proxy, network=args.network,
+        sysprep=args.sysprep, sysprep_keep=args.sysprep_keep, workdir=args.workdir,
+        keep_rootfs=args.keep_rootfs, in_place=args.in_place, arch=args.arch, fmt=args.fmt,
+        stream=args.stream, mirror=args.mirror, keyring=args.keyring, verify=args.verify,
+        sha256=args.sha256, sums_url=args.sums_url, cache_dir=args.cache_dir,
+        variant=args.variant, include=args.include, level=args.level, upload=upload)
 
 
 def _build(args: argparse.Namespace) -> int:
-    result = build(args.source, args.output, **build_kwargs(args))  # type: ignore[arg-type]
-    print(repr(result))
+    print(repr(build(build_spec(args), progress=args.progress)))
     return 0
 
 
 def _fetch_verb(args: argparse.Namespace) -> int:
-    plan = _resolve.plan(args.source)
-    src: sources.ImageSource | str
-    if plan.kind == "release":
-        src = sources.cloud_image(plan.value, arch=args.arch or "amd64", fmt=args.fmt,
-                                  stream=args.stream, mirror=args.mirror)
-    elif plan.kind in ("url", "archive", "image"):
-        src = plan.image or plan.value
-    else:
-        raise MaasChrootError(f"nothing to fetch for {plan.describe()}",
-                              hint="fetch takes a release, a URL or a local file")
-    path = fetch(src, cache_dir=args.cache_dir, verify=args.verify, keyring=args.keyring,
-                 sha256=args.sha256, sums_url=args.sums_url, progress=args.progress)
+    plan = _resolve.plan(args.source, _resolve.SourceOptions(
+        arch=args.arch, fmt=args.fmt, stream=args.stream, mirror=args.mirror,
+        keyring=args.keyring, verify=args.verify, sha256=args.sha256, sums_url=args.sums_url))
+    if plan.image is None:
+        raise SourceError(f"nothing to fetch for {plan.describe()}",
+                          hint="fetch takes a release, a URL or a local file")
+    path = fetch(plan.image, cache_dir=args.cache_dir, verify=plan.verify, keyring=args.keyring,
+                 progress=args.progress)
     print(os.fspath(path))
     return 0
 

@@ -135,20 +135,26 @@ class ImageNameError(MaasChrootError, ValueError):
     """A boot-resource name, architecture or base image that MAAS would refuse."""
 
 
-class BuildError(MaasChrootError):
-    """A step of ``build()`` failed. ``step`` names it; ``cause`` is the original error."""
+class SpecError(MaasChrootError):
+    """A build option (a ``build()`` keyword, a CLI flag, a recipe key) that cannot work.
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        step: str,
-        workdir: str | None = None,
-        hint: str | None = None,
-    ) -> None:
+    ``key`` names the option, as ``build()`` spells it.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+class BuildError(MaasChrootError):
+    """A step of ``build()`` failed. ``step`` names it (a :class:`maas_chroot.steps.Step`);
+    the original error is ``__cause__``; ``rootfs`` is the kept rootfs, if any."""
+
+    def __init__(self, message: str, *, step: str, rootfs: str | None = None,
+                 hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.step = step
-        self.workdir = workdir
+        self.rootfs = rootfs
 
 
 def tail(text: str | None, lines: int = 20) -> str:

@@ -41,19 +41,17 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ._download import Http, HttpOptions, Unreachable, Validators, discard_part, file_url_path
+from ._download import Http, HttpOptions, Unreachable, Validators, discard_part
 from ._verify import check_signature, file_sha256, keyring_path, sums_entry
 from .errors import FetchError, SourceError, VerificationError
-from .sources import ImageSource, is_url, url_source
+from .sources import ImageSource, Verify, request, verify_mode
 
 log = logging.getLogger(__name__)
 
-Verify = Literal["signature", "checksum", "none"]
-VERIFY_MODES: tuple[str, ...] = ("signature", "checksum", "none")
 _RANK = {"none": 0, "checksum": 1, "signature": 2}
 CACHE_NAME = "maas-chroot"
 
@@ -159,8 +157,8 @@ def fetch(
     Raises FetchError (with the URL and HTTP status), VerificationError (the
     download was deleted), or SourceError for an unusable request.
     """
-    src, local = _resolve(source, sha256=sha256, sums_url=sums_url, verify=verify)
-    mode = _mode(src, verify, local=local is not None)
+    src, local = request(source, sha256=sha256, sums_url=sums_url, verify=verify)
+    mode = verify_mode(src, verify, local=local is not None)
     ring = keyring_path(keyring, url=src.sig_url or src.url) if mode == "signature" else None
     with Http(HttpOptions(retries=retries, backoff=backoff, timeout=timeout)) as http:
         if local is not None:
@@ -175,49 +173,6 @@ def fetch(
                              f"{e.strerror or e}", url=src.url,
                              hint="free some space, or choose another cache_dir= "
                                   "(or XDG_CACHE_HOME); a partial download resumes") from e
-
-
-def _resolve(source: ImageSource | str | os.PathLike[str], *, sha256: str | None,
-             sums_url: str | None, verify: str | None) -> tuple[ImageSource, Path | None]:
-    """The source to fetch, and its local path if it needs no download."""
-    if isinstance(source, ImageSource):
-        src = source
-        if sha256 is not None:
-            src = dataclasses.replace(src, sha256=url_source(src.url, sha256=sha256).sha256)
-        if sums_url is not None:
-            url_source(src.url, sums_url=sums_url)  # validates the URL
-            signed = src.sig_url is not None or verify == "signature"
-            src = dataclasses.replace(src, sums_url=sums_url,
-                                      sig_url=f"{sums_url}.gpg" if signed else None)
-    elif isinstance(source, str) and is_url(source):
-        src = url_source(source, sha256=sha256, sums_url=sums_url, signed=verify == "signature")
-    else:
-        path = Path(os.fspath(source)).absolute()
-        src = url_source(path.as_uri(), sha256=sha256, sums_url=sums_url,
-                         signed=verify == "signature")
-        return src, path
-    if urllib.parse.urlsplit(src.url).scheme == "file":
-        return src, file_url_path(src.url)
-    return src, None
-
-
-def _mode(src: ImageSource, verify: str | None, *, local: bool) -> str:
-    if verify is not None and verify not in VERIFY_MODES:
-        raise SourceError(f"unknown verify mode {verify!r}; valid: {', '.join(VERIFY_MODES)}")
-    mode = verify or src.default_verify or ("none" if local else None)
-    if mode is None:
-        raise SourceError(
-            f"refusing to download {src.url} without a way to verify it",
-            hint="pass sha256=<hex digest> or sums_url=<SHA256SUMS URL>, or verify=\"none\" "
-                 "to accept it unverified")
-    if mode == "signature" and not src.sig_url:
-        raise SourceError(f"no signature is known for {src.url}",
-                          hint="pass sums_url= (its signature is <sums_url>.gpg), or choose "
-                               "verify=\"checksum\"")
-    if mode == "checksum" and not (src.sums_url or src.sha256):
-        raise SourceError(f"no checksum is known for {src.url}",
-                          hint="pass sha256= or sums_url=, or choose verify=\"none\"")
-    return mode
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ from ._maasnames import (
 )
 from .errors import ArchiveError, MaasApiError
 
-__all__ = ["CHUNK_SIZE", "FILETYPES", "BootResource", "MaasClient", "validate_name"]
+__all__ = ["CHUNK_SIZE", "FILETYPES", "BootResource", "MaasClient", "Upload", "validate_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,18 @@ class BootResource:
     def full_name(self) -> str:
         """``custom/<name>`` for an uploaded image (what ``osystem/distro_series`` deploys)."""
         return f"custom/{self.name}" if self.type == "Uploaded" else self.name
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Where and how ``build()`` uploads its output (:meth:`MaasClient.upload` arguments)."""
+
+    client: MaasClient
+    name: str
+    title: str | None = None
+    architecture: str = "amd64/generic"
+    base_image: str | None = None
+    filetype: str | None = None
 
 
 class MaasClient:

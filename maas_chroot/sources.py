@@ -22,9 +22,12 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
+from typing import Literal, cast
 
 from . import releases
 from .errors import SourceError
@@ -43,6 +46,9 @@ FORMATS: Mapping[str, str] = MappingProxyType({
 })
 
 STREAMS: tuple[str, ...] = ("release", "daily")
+#: How an image is verified (see :func:`maas_chroot.fetch`).
+Verify = Literal["signature", "checksum", "none"]
+VERIFY_MODES: tuple[str, ...] = ("signature", "checksum", "none")
 SUMS_NAME = "SHA256SUMS"
 SIG_NAME = "SHA256SUMS.gpg"
 
@@ -172,6 +178,64 @@ def url_source(url: str, *, sha256: str | None = None, sums_url: str | None = No
                           hint="give the SHA256SUMS URL; its signature is <sums_url>.gpg")
     return ImageSource(url=url, filename=filename, sums_url=sums_url,
                        sig_url=f"{sums_url}.gpg" if signed else None, sha256=digest)
+
+
+def request(source: ImageSource | str | os.PathLike[str], *, sha256: str | None = None,
+            sums_url: str | None = None, verify: str | None = None,
+            ) -> tuple[ImageSource, Path | None]:
+    """What :func:`~maas_chroot.fetch` is asked for: the image (with any pinned hash or
+    SHA256SUMS URL added), and its local path when it needs no download (a path or a
+    ``file://`` URL)."""
+    if isinstance(source, ImageSource):
+        src = source
+        if sha256 is not None:
+            src = replace(src, sha256=url_source(src.url, sha256=sha256).sha256)
+        if sums_url is not None:
+            url_source(src.url, sums_url=sums_url)  # validates the URL
+            signed = src.sig_url is not None or verify == "signature"
+            src = replace(src, sums_url=sums_url,
+                                      sig_url=f"{sums_url}.gpg" if signed else None)
+    elif isinstance(source, str) and is_url(source):
+        src = url_source(source, sha256=sha256, sums_url=sums_url, signed=verify == "signature")
+    else:
+        path = Path(os.fspath(source)).absolute()
+        src = url_source(path.as_uri(), sha256=sha256, sums_url=sums_url,
+                         signed=verify == "signature")
+        return src, path
+    if urllib.parse.urlsplit(src.url).scheme == "file":
+        return src, file_url_path(src.url)
+    return src, None
+
+
+def verify_mode(src: ImageSource, verify: str | None, *, local: bool) -> Verify:
+    """How ``src`` is verified when the caller asks for ``verify`` (None: the strongest
+    known). Refuses, before anything is downloaded, an http(s) image with no way to
+    verify it (unless ``verify="none"``), and a mode the source cannot satisfy."""
+    if verify is not None and verify not in VERIFY_MODES:
+        raise SourceError(f"unknown verify mode {verify!r}; valid: {', '.join(VERIFY_MODES)}")
+    mode = cast("Verify | None", verify or src.default_verify or ("none" if local else None))
+    if mode is None:
+        raise SourceError(
+            f"refusing to download {src.url} without a way to verify it",
+            hint="pass sha256=HEX (--sha256) or sums_url=URL of a SHA256SUMS (--sums-url), "
+                 "or verify=\"none\" (--verify none) to accept it unverified")
+    if mode == "signature" and not src.sig_url:
+        raise SourceError(f"no signature is known for {src.url}",
+                          hint="pass sums_url= (its signature is <sums_url>.gpg), or choose "
+                               "verify=\"checksum\"")
+    if mode == "checksum" and not (src.sums_url or src.sha256):
+        raise SourceError(f"no checksum is known for {src.url}",
+                          hint="pass sha256= or sums_url=, or choose verify=\"none\"")
+    return mode
+
+
+def file_url_path(url: str) -> Path:
+    """The local path of a file:// URL."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise SourceError(f"{url}: file URLs must name a local file",
+                          hint="write file:///absolute/path (or file://localhost/...)")
+    return Path(urllib.request.url2pathname(parsed.path))
 
 
 def is_url(value: str) -> bool:

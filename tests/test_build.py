@@ -12,7 +12,7 @@ import pytest
 import maas_chroot as mc
 from maas_chroot import bootstrap, hostapt, rootfs
 from maas_chroot.build import BuildResult
-from maas_chroot.errors import SourceError
+from maas_chroot.errors import SpecError
 from tests.maas_server import serve
 
 
@@ -52,15 +52,15 @@ def test_apt_source_lines_parse_and_get_distinct_file_names() -> None:
     assert (sec.suite, sec.components, sec.key) == ("noble-security", ("main",), "/s.gpg")
     assert upd.name != sec.name   # each gets its own .sources file and keyring
     assert all(len(r.name) <= 59 and r.name.startswith("artifactory-corp") for r in (upd, sec))
-    with pytest.raises(SourceError, match="not an apt source line"):
+    with pytest.raises(SpecError, match="not an apt source line"):
         parse_apt_source("noble main")
 
 
 def test_bootstrap_of_a_suite_the_host_lacks_asks_for_a_mirror() -> None:
     with pytest.raises(mc.SourceError) as exc:
-        bootstrap.resolve("noble")
+        bootstrap.spec_for("noble")
     assert "--mirror" in (exc.value.hint or "")
-    spec = bootstrap.resolve("noble", mirror="http://127.0.0.1:9/ubuntu/", keyring="/k.gpg")
+    spec = bootstrap.spec_for("noble", mirror="http://127.0.0.1:9/ubuntu/", keyring="/k.gpg")
     assert (spec.uri, spec.components, spec.keyring) == ("http://127.0.0.1:9/ubuntu", ("main",),
                                                          "/k.gpg")
     argv = bootstrap.argv(spec, "/srv/root")
@@ -148,7 +148,7 @@ def test_failure_names_the_step_removes_the_work_dir_and_keeps_the_rootfs(
         mc.build(minbase_tar, tmp_path / "o.tgz", workdir=work, keep_rootfs=keep,
                  progress=False, commands=["echo first > /root/first", "exit 3"])
     try:
-        assert f"kept in {keep}" in exc.value.message and exc.value.workdir == str(keep)
+        assert f"kept in {keep}" in exc.value.message and exc.value.rootfs == str(keep)
         assert (keep / "root/first").read_text() == "first\n"
         assert not (keep / rootfs.JOURNAL_NAME).exists()
         assert list(work.iterdir()) == []

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from maas_chroot import cli, rootfs
-from maas_chroot.build import BuildResult, Upload
+from maas_chroot.build import BuildResult, BuildSpec
+from maas_chroot.maas import Upload
 from tests.aptrepo import DebSpec, serve_proxy, serve_repo
 from tests.maas_server import serve
 
@@ -66,9 +67,9 @@ def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """Replace build() in the CLI by a recorder, and pretend to be root."""
     calls: list[tuple[Any, ...]] = []
 
-    def fake_build(source: Any, output: Any, **kwargs: Any) -> BuildResult:
-        calls.append((source, output, kwargs))
-        return BuildResult(output=Path(output), size=1, sha256="0" * 64, source=str(source))
+    def fake_build(spec: BuildSpec, *, progress: bool | None = None) -> BuildResult:
+        calls.append((spec.source, spec.output, spec))
+        return BuildResult(output=spec.output, size=1, sha256="0" * 64, source=str(spec.source))
 
     monkeypatch.setattr(cli, "build", fake_build)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
@@ -80,13 +81,13 @@ def test_seed_one_liner_becomes_one_build_call(recorded_build: list[tuple[Any, .
     monkeypatch.setenv("MAAS_URL", "http://127.0.0.1:9/MAAS")
     monkeypatch.setenv("MAAS_API_KEY", "a:b:c")
     assert cli.main(shlex.split(SEED)) == 0
-    [(source, output, kw)] = recorded_build
-    assert (source, output) == ("focal", "focal-custom.tgz")
-    assert kw["fmt"] == "root.tar.xz"
-    assert kw["upgrade"] is True
-    assert kw["packages"] == ["emacs-nox", "jq", "tree"]
-    assert kw["sysprep"] is True
-    up = kw["upload"]
+    [(source, output, spec)] = recorded_build
+    assert (source, output) == ("focal", Path("focal-custom.tgz").absolute())
+    assert spec.fmt == "root.tar.xz"
+    assert spec.upgrade is True
+    assert spec.packages == ("emacs-nox", "jq", "tree")
+    assert spec.sysprep is True
+    up = spec.upload
     assert isinstance(up, Upload)
     assert (up.name, up.title, up.architecture) == (
         "custom/focal-custom", "Ubuntu 20.04 Custom Image", "amd64/generic")
@@ -102,13 +103,13 @@ def test_customisation_flags_keep_their_order(recorded_build: list[tuple[Any, ..
             "--copy", f"{script}:/etc/x.sh", "--network", "none", "--no-sysprep",
             "--keep-rootfs", str(tmp_path / "keep"), "--apt-proxy", "http://127.0.0.1:3128"]
     assert cli.main(argv) == 0
-    [(_, _, kw)] = recorded_build
-    assert kw["commands"] == ["echo 1", script, "echo 2"]
-    assert kw["packages"] == ["jq", "tree", "curl"]
-    assert kw["files"] == {"/etc/x.sh": str(script)}
-    assert (kw["network"], kw["sysprep"], kw["upload"]) == ("none", False, None)
-    assert kw["keep_rootfs"] == str(tmp_path / "keep")
-    assert kw["apt_proxy"] == "http://127.0.0.1:3128"
+    [(_, _, spec)] = recorded_build
+    assert spec.commands == ("echo 1", script, "echo 2")
+    assert spec.packages == ("jq", "tree", "curl")
+    assert spec.files == (("/etc/x.sh", str(script)),)
+    assert (spec.network, spec.sysprep, spec.upload) == ("none", False, None)
+    assert spec.keep_rootfs == tmp_path / "keep"
+    assert spec.apt_proxy == "http://127.0.0.1:3128"
 
 
 def test_upload_without_credentials_fails_before_building(
