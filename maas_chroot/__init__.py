@@ -19,7 +19,9 @@ from .archive import PackResult, extract, pack
 from .build import BuildResult, BuildSpec, build
 from .chroot import Bind, Chroot, recover
 from .errors import (
+    AptError,
     ArchiveError,
+    ArgumentError,
     BuildError,
     ChrootBusyError,
     ChrootError,
@@ -28,9 +30,13 @@ from .errors import (
     ImageNameError,
     MaasApiError,
     MaasChrootError,
+    MaasCredentialsError,
+    MountedError,
     PrivilegeError,
     SourceError,
     SpecError,
+    SysprepError,
+    UnreachableError,
     UnsafeArchiveError,
     UnsafePathError,
     VerificationError,
@@ -45,7 +51,9 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "AptError",
     "ArchiveError",
+    "ArgumentError",
     "Bind",
     "BootResource",
     "BuildError",
@@ -61,11 +69,15 @@ __all__ = [
     "MaasApiError",
     "MaasChrootError",
     "MaasClient",
+    "MaasCredentialsError",
+    "MountedError",
     "PackResult",
     "PrivilegeError",
     "SourceError",
     "SpecError",
+    "SysprepError",
     "SysprepReport",
+    "UnreachableError",
     "UnsafeArchiveError",
     "UnsafePathError",
     "Upload",

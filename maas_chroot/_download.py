@@ -27,7 +27,7 @@ import urllib3
 
 from . import progress as progress_mod
 from ._verify import file_sha256
-from .errors import FetchError
+from .errors import FetchError, UnreachableError
 from .sources import file_url_path
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ class HttpOptions:
     backoff: float = 0.5
     max_backoff: float = 30.0
     timeout: float = 30.0
-
-
-class Unreachable(FetchError):
-    """Connection errors or timeouts persisted through every retry (offline?)."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +235,7 @@ class Http:
                                  url=url, status=error.status,
                                  hint="the server keeps failing; try again later or use "
                                       "another mirror") from None
-            raise Unreachable(f"cannot download {url} ({attempt + 1} attempts): {error}",
+            raise UnreachableError(f"cannot download {url} ({attempt + 1} attempts): {error}",
                               url=url, hint="check the network, the proxy variables "
                                             "(HTTP_PROXY, HTTPS_PROXY, NO_PROXY), or the mirror"
                               ) from error

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from .errors import MaasApiError
+from .errors import MaasApiError, MaasCredentialsError
 
 #: Where ``maas login`` keeps its profiles (deb install, then snap).
 PROFILE_DBS = ("~/.maascli.db", "~/snap/maas/current/.maascli.db")
@@ -46,13 +46,13 @@ def read_profile(name: str, *, path: str | os.PathLike[str] | None = None) -> tu
         if isinstance(creds, str):
             creds = creds.split(":")
         if not creds or len(creds) != 3:
-            raise MaasApiError(
+            raise MaasCredentialsError(
                 f"maas CLI profile {name!r} in {db} has no API key (anonymous login)",
                 url=str(data.get("url", "")),
                 hint=f"log in again with a key: maas login {name} <url> <api-key>")
         return str(data["url"]), ":".join(str(c) for c in creds)
     where = ", ".join(str(p) for p in candidates)
-    raise MaasApiError(
+    raise MaasCredentialsError(
         f"no maas CLI profile {name!r} in {where}"
         + (f"; profiles found: {', '.join(seen)}" if seen else ""),
         url="", hint=f"run `maas login {name} http://<maas>:5240/MAAS <api-key>` first, "

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 from . import _fdwalk, rootfs
 from ._sysprep_report import SysprepItem
-from .errors import MaasChrootError
+from .errors import MountedError
 from .progress import human_size
 
 log = logging.getLogger("maas_chroot.sysprep")
@@ -94,9 +94,9 @@ class Scrub:
                          dir_fd=dfd)
             try:
                 if os.fstat(fd).st_dev != os.fstat(dfd).st_dev:
-                    raise MaasChrootError(f"refusing to remove {path} in {self.root}: it is on "
-                                          "another filesystem (a mount?)",
-                                          hint=f"unmount {self.root}{path} first")
+                    raise MountedError(f"refusing to remove {path} in {self.root}: it is on "
+                                       "another filesystem (a mount?)", path=self.root + path,
+                                       hint=f"unmount {self.root}{path} first")
                 freed = _du(fd)
                 rootfs.clear_dir_at(fd, self.root + path)
             finally:

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from . import _aptprogress
 from . import run as _run
-from .errors import CommandError, MaasChrootError
+from .errors import AptError, ArgumentError, CommandError
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,10 @@ class Apt:
         ``recommends=False`` adds ``--no-install-recommends``; the default follows
         the image's apt configuration (which installs them unless told otherwise).
         """
-        names, debs = _split_packages(pkgs)
+        names, debs = _split_packages(pkgs, self.chroot.root)
         if not names and not debs:
-            raise MaasChrootError("apt install: no packages given",
-                                  hint='pass names, such as ["jq"], or paths to .deb files')
+            raise AptError("apt install: no packages given", root=self.chroot.root,
+                           hint='pass names, such as ["jq"], or paths to .deb files')
         opts = [] if recommends else ["--no-install-recommends"]
         if not debs:
             return self.apt_get(["install", *opts, "--", *names], progress=progress)
@@ -146,7 +146,7 @@ class Apt:
     def remove(self, pkgs: Iterable[str], *, purge: bool = False,
                progress: bool | None = None) -> AptResult:
         """``apt-get remove`` (``purge=True``: also their configuration files)."""
-        names = _names(pkgs)
+        names = _names(pkgs, self.chroot.root)
         return self.apt_get(["purge" if purge else "remove", "--", *names], progress=progress)
 
     def autoremove(self, purge: bool = False, *, progress: bool | None = None) -> AptResult:
@@ -161,20 +161,22 @@ class Apt:
 
     def hold(self, pkgs: Iterable[str]) -> None:
         """``apt-mark hold``: upgrades leave these packages alone."""
-        self.chroot.run(["apt-mark", "hold", *_names(pkgs)], capture=True, env=dict(APT_ENV))
+        self.chroot.run(["apt-mark", "hold", *_names(pkgs, self.chroot.root)], capture=True,
+                        env=dict(APT_ENV))
 
     def unhold(self, pkgs: Iterable[str]) -> None:
         """``apt-mark unhold``."""
-        self.chroot.run(["apt-mark", "unhold", *_names(pkgs)], capture=True, env=dict(APT_ENV))
+        self.chroot.run(["apt-mark", "unhold", *_names(pkgs, self.chroot.root)], capture=True,
+                        env=dict(APT_ENV))
 
     def debconf_set(self, selections: str | Iterable[str]) -> None:
         """Preseed debconf: lines of ``owner question type value`` (debconf-set-selections)."""
         text = selections if isinstance(selections, str) else "\n".join(selections)
         for line in text.splitlines():
             if line.strip() and not line.lstrip().startswith("#") and len(line.split(None, 3)) < 3:
-                raise MaasChrootError(f"debconf selection is malformed: {line!r}",
-                                      hint="write 'owner question type value', such as "
-                                           "'tzdata tzdata/Areas select Etc'")
+                raise AptError(f"debconf selection is malformed: {line!r}",
+                               root=self.chroot.root, hint="write 'owner question type value', "
+                               "such as 'tzdata tzdata/Areas select Etc'")
         self.chroot.run(["debconf-set-selections"], input=text.rstrip("\n") + "\n",
                         capture=True, env=dict(APT_ENV))
 
@@ -190,15 +192,17 @@ class Apt:
         vouches for this repository only. Returns the path of the sources file.
         """
         if not _NAME.match(name):
-            raise MaasChrootError(f"apt source name {name!r} is not usable as a file name",
-                                  hint="use letters, digits, '_', '.' and '-' only")
+            raise AptError(f"apt source name {name!r} is not usable as a file name",
+                           root=self.chroot.root, hint="use letters, digits, '_', '.' and '-' only")
         keyring = f"{KEYRING_DIR}/{name}.gpg"
-        stanza = {"Types": "deb", "URIs": _words(uris, "uris"), "Suites": _words(suites, "suites"),
-                  "Components": _words(components, "components", empty_ok=True),
-                  "Architectures": _words(architectures, "architectures", empty_ok=True),
+        root = self.chroot.root
+        stanza = {"Types": "deb", "URIs": _words(uris, "uris", root),
+                  "Suites": _words(suites, "suites", root),
+                  "Components": _words(components, "components", root, empty_ok=True),
+                  "Architectures": _words(architectures, "architectures", root, empty_ok=True),
                   "Signed-By": keyring}
         text = "".join(f"{k}: {v}\n" for k, v in stanza.items() if v)
-        self.chroot.write_file(keyring, _binary_key(key), mode=0o644)
+        self.chroot.write_file(keyring, _binary_key(key, root), mode=0o644)
         path = f"{SOURCES_DIR}/{name}.sources"
         self.chroot.write_file(path, text, mode=0o644)
         log.info("apt source %s added: %s", name, " ".join(text.splitlines()))
@@ -212,8 +216,8 @@ class Apt:
         never ships. ``keep=True`` writes it as a normal file of the image.
         """
         if not re.match(r"^(https?|socks5h?)://[^\s\"';]+$", url):
-            raise MaasChrootError(f"apt proxy URL {url!r} is not usable",
-                                  hint="pass a URL such as http://proxy.example:3128")
+            raise AptError(f"apt proxy URL {url!r} is not usable", root=self.chroot.root,
+                           hint="pass a URL such as http://proxy.example:3128")
         text = f'Acquire::http::Proxy "{url}";\nAcquire::https::Proxy "{url}";\n'
         if keep:
             self.chroot.write_file(PROXY_FILE, text, mode=0o644)
@@ -297,9 +301,11 @@ class Apt:
             self.chroot.run(["rm", "-rf", "--one-file-system", "--", made], check=False)
 
 
-def _split_packages(pkgs: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[Path]]:
+def _split_packages(pkgs: Iterable[str | os.PathLike[str]], root: Path,
+                    ) -> tuple[list[str], list[Path]]:
     if isinstance(pkgs, str | os.PathLike):
-        raise TypeError("pass a list of packages, not a single string")
+        raise ArgumentError(f"pass a list of packages, not a single string: {pkgs!r}",
+                            hint=f"write [{os.fspath(pkgs)!r}]")
     names: list[str] = []
     debs: list[Path] = []
     for p in pkgs:
@@ -307,36 +313,38 @@ def _split_packages(pkgs: Iterable[str | os.PathLike[str]]) -> tuple[list[str], 
         if isinstance(p, os.PathLike) or (s.endswith(".deb") and ("/" in s or os.path.isfile(s))):
             path = Path(s)
             if not path.is_file():
-                raise MaasChrootError(f"apt install: no such .deb file on the host: {s}",
-                                      hint="pass the path of an existing .deb file")
+                raise AptError(f"apt install: no such .deb file on the host: {s}", root=root,
+                               hint="pass the path of an existing .deb file")
             debs.append(path.resolve())
         else:
-            names.extend(_names([s]))
+            names.extend(_names([s], root))
     return names, debs
 
 
-def _names(pkgs: Iterable[str]) -> list[str]:
+def _names(pkgs: Iterable[str], root: Path) -> list[str]:
     if isinstance(pkgs, str):
-        raise TypeError("pass a list of package names, not a single string")
+        raise ArgumentError(f"pass a list of package names, not a single string: {pkgs!r}",
+                            hint=f"write [{pkgs!r}]")
     out = list(pkgs)
     for name in out:
         if not name or name.startswith("-") or any(c.isspace() for c in name):
-            raise MaasChrootError(f"not a package name: {name!r}",
-                                  hint="pass names such as 'jq' or 'jq=1.6-2.1'")
+            raise AptError(f"not a package name: {name!r}", root=root,
+                           hint="pass names such as 'jq' or 'jq=1.6-2.1'")
     return out
 
 
-def _words(value: str | Sequence[str], what: str, *, empty_ok: bool = False) -> str:
+def _words(value: str | Sequence[str], what: str, root: Path, *,
+           empty_ok: bool = False) -> str:
     words = value.split() if isinstance(value, str) else [str(v) for v in value]
     if not words and not empty_ok:
-        raise MaasChrootError(f"apt source: {what} must not be empty")
+        raise AptError(f"apt source: {what} must not be empty", root=root)
     for w in words:
         if not w or any(c.isspace() or c in "\"'" for c in w):
-            raise MaasChrootError(f"apt source: bad value in {what}: {w!r}")
+            raise AptError(f"apt source: bad value in {what}: {w!r}", root=root)
     return " ".join(words)
 
 
-def _binary_key(key: str | os.PathLike[str] | bytes) -> bytes:
+def _binary_key(key: str | os.PathLike[str] | bytes, root: Path) -> bytes:
     """An OpenPGP key in binary form, from armoured or binary bytes, or a file holding either."""
     where = "the key bytes"
     if not isinstance(key, bytes):
@@ -344,16 +352,16 @@ def _binary_key(key: str | os.PathLike[str] | bytes) -> bytes:
         try:
             key = Path(where).read_bytes()
         except OSError as e:
-            raise MaasChrootError(f"cannot read the apt signing key {where}: {e.strerror}",
-                                  hint="pass the path of the repository's public key") from e
+            raise AptError(f"cannot read the apt signing key {where}: {e.strerror}", root=root,
+                           hint="pass the path of the repository's public key") from e
     if key.lstrip().startswith(b"-----BEGIN PGP"):
         with tempfile.TemporaryDirectory(prefix="maas-chroot-gpg-") as home:
             done = _run.run(["gpg", "--batch", "--dearmor"], input=key, capture=True, text=False,
                             env={"GNUPGHOME": home})
         key = bytes(done.stdout)
     if not key or not key[0] & 0x80:
-        raise MaasChrootError(f"{where} is not an OpenPGP public key",
-                              hint="pass the repository's key, ASCII-armoured or binary "
+        raise AptError(f"{where} is not an OpenPGP public key", root=root,
+                       hint="pass the repository's key, ASCII-armoured or binary "
                                    "(gpg --export KEYID)")
     log.debug("apt key from %s: %d bytes", where, len(key))
     return key

@@ -281,7 +281,7 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                            hint=f"use a level from {lv.start} to {lv.stop - 1}")
     src = _check_root(root, where)
     dest = Path(os.path.abspath(where))
-    clamp = _source_date_epoch() if reproducible else None
+    clamp = _source_date_epoch(where) if reproducible else None
     nthreads = threads or len(os.sched_getaffinity(0))
     try:
         # The session lock keeps a Chroot from swapping resolv.conf/policy-rc.d in mid-walk.
@@ -332,14 +332,15 @@ def _check_root(root: str | os.PathLike[str], out: str) -> str:
     return src
 
 
-def _source_date_epoch() -> int | None:
+def _source_date_epoch(out: str) -> int | None:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if not value:
         return None
     try:
         return int(value)
     except ValueError:
-        raise ArchiveError(f"SOURCE_DATE_EPOCH={value!r} is not an integer", path=value,
+        raise ArchiveError(f"cannot pack {out}: SOURCE_DATE_EPOCH={value!r} is not an integer",
+                           path=out,
                            hint="set SOURCE_DATE_EPOCH to seconds since 1970, or unset it")\
             from None
 

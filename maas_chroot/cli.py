@@ -19,7 +19,7 @@ from pathlib import Path
 from . import _resolve, archive, chroot, maas
 from ._cli_args import PROG, UsageError, parse
 from .build import BuildSpec, build
-from .errors import MaasChrootError, PrivilegeError, SourceError
+from .errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
 from .fetch import fetch
 from .maas import Upload
 from .sysprep import sysprep
@@ -115,8 +115,8 @@ def _client(args: argparse.Namespace) -> maas.MaasClient:
         return maas.MaasClient(url, key)
     if os.environ.get("MAAS_PROFILE"):
         return maas.MaasClient.from_profile(os.environ["MAAS_PROFILE"])
-    raise MaasChrootError(
-        "uploading needs MAAS credentials, and none were given",
+    raise MaasCredentialsError(
+        "uploading needs MAAS credentials, and none were given", url="",
         hint="pass --profile NAME (from `maas login`), or --maas-url URL --api-key KEY, "
              "or set MAAS_URL and MAAS_API_KEY")
 
@@ -187,7 +187,7 @@ def _pack(args: argparse.Namespace) -> int:
 
 def _upload(args: argparse.Namespace) -> int:
     if not args.name:
-        raise MaasChrootError("upload needs --name", hint="e.g. --name custom/noble-custom")
+        raise UsageError("upload needs --name (e.g. --name custom/noble-custom)", PROG + " upload")
     name = maas.validate_name(args.name)
     client = _client(args)
     res = client.upload(args.file, name=name, title=args.title, architecture=args.architecture,

@@ -25,6 +25,20 @@ class MaasChrootError(Exception):
         return self.message
 
 
+class ArgumentError(MaasChrootError, TypeError, ValueError):
+    """The library was called with an argument of the wrong kind (a string where an argv
+    list is needed, an empty list). Also a TypeError and a ValueError, as Python's own."""
+
+
+class MountedError(MaasChrootError):
+    """A tree cannot be removed or scrubbed safely: something is mounted at or below it,
+    or it reaches into another filesystem. ``path`` names where."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.path = os.fspath(path)
+
+
 class PrivilegeError(MaasChrootError):
     """The operation needs root (mounts, namespaces, chroot, device nodes)."""
 
@@ -42,6 +56,10 @@ class FetchError(MaasChrootError):
         super().__init__(message, hint=hint)
         self.url = url
         self.status = status
+
+
+class UnreachableError(FetchError):
+    """The server could not be reached (connection errors or timeouts through every retry)."""
 
 
 class VerificationError(FetchError):
@@ -105,12 +123,24 @@ class ChrootError(MaasChrootError):
         self.root = os.fspath(root)
 
 
+class AptError(ChrootError):
+    """An apt request that cannot work: a bad package name, .deb file, source, key or proxy."""
+
+
 class ChrootBusyError(ChrootError):
     """Another session holds this root, or a killed session left a journal behind."""
 
 
 class UnsafePathError(ChrootError):
     """A path would resolve outside the root (through ``..`` or a symlink)."""
+
+
+class SysprepError(MaasChrootError):
+    """sysprep() was given something it cannot scrub (``root`` names it)."""
+
+    def __init__(self, message: str, *, root: str | os.PathLike[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.root = os.fspath(root)
 
 
 class MaasApiError(MaasChrootError):
@@ -129,6 +159,10 @@ class MaasApiError(MaasChrootError):
         self.url = url
         self.status = status
         self.body = body
+
+
+class MaasCredentialsError(MaasApiError):
+    """No usable MAAS credentials: no API key, no such ``maas login`` profile."""
 
 
 class ImageNameError(MaasChrootError, ValueError):

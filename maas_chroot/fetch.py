@@ -45,9 +45,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ._download import Http, HttpOptions, Unreachable, Validators, discard_part
+from ._download import Http, HttpOptions, Validators, discard_part
 from ._verify import check_signature, file_sha256, keyring_path, sums_entry
-from .errors import FetchError, SourceError, VerificationError
+from .errors import FetchError, SourceError, UnreachableError, VerificationError
 from .sources import ImageSource, Verify, request, verify_mode
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def _fetch_locked(src: ImageSource, mode: str, target: Path, http: Http, *,
                and cached.sums_url == src.sums_url else None)
     try:
         expected, sums_validators = _expected(src, mode, http, ring, trusted)
-    except Unreachable as e:
+    except UnreachableError as e:
         if trusted is not None and (src.sha256 is None or trusted.sha256 == src.sha256):
             log.warning("%s; using the cached copy %s, verified (%s) when it was fetched",
                         e.message, target, trusted.verify)
@@ -249,7 +249,7 @@ def _fetch_locked(src: ImageSource, mode: str, target: Path, http: Http, *,
     try:
         got = http.download(src.url, part, progress=progress, desc=src.filename,
                             conditional=conditional)
-    except Unreachable as e:
+    except UnreachableError as e:
         if cached is not None and mode == "none":
             log.warning("%s; using the cached copy %s", e.message, target)
             return target

@@ -46,7 +46,7 @@ from ._maasnames import (
     validate_filetype,
     validate_name,
 )
-from .errors import ArchiveError, MaasApiError
+from .errors import ArchiveError, MaasApiError, MaasCredentialsError
 
 __all__ = ["CHUNK_SIZE", "FILETYPES", "BootResource", "MaasClient", "Upload", "validate_name"]
 
@@ -135,7 +135,7 @@ class MaasClient:
         self.api_url = base + "/api/2.0/"
         parts = api_key.strip().split(":") if isinstance(api_key, str) else []
         if len(parts) != 3 or not all(parts):
-            raise MaasApiError(
+            raise MaasCredentialsError(
                 "the MAAS API key must have three parts 'consumer:token:secret'",
                 url=self.api_url, hint="print it on the region with `maas apikey --username "
                 "<user>` or copy it from the UI (user preferences, API keys)")
@@ -170,7 +170,7 @@ class MaasClient:
         if not url or not key:
             missing = " and ".join(n for n, v in (("MAAS_URL", url), ("MAAS_API_KEY", key))
                                    if not v)
-            raise MaasApiError(f"{missing} not set in the environment", url=url or "",
+            raise MaasCredentialsError(f"{missing} not set in the environment", url=url or "",
                                hint="export MAAS_URL=http://maas:5240/MAAS MAAS_API_KEY=$(maas "
                                "apikey --username <user>), or use MaasClient.from_profile()")
         return cls(url, key, **kwargs)

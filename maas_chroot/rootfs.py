@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import _fdwalk, inroot
-from .errors import MaasChrootError, UnsafePathError
+from .errors import MountedError, UnsafePathError
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def mounts_under(path: str | os.PathLike[str]) -> list[str]:
 def remove_tree(path: str | os.PathLike[str], *, missing_ok: bool = True) -> None:
     """Delete a directory tree, safely.
 
-    Refuses (with :class:`MaasChrootError`) while anything is mounted at or
+    Refuses (with :class:`~maas_chroot.errors.MountedError`) while anything is mounted at or
     below ``path``, never follows symlinks, and never descends into a
     directory on another filesystem. This is the only ``rm -rf`` in the library.
     A symlink is removed itself, even when named with a trailing slash.
@@ -272,10 +272,9 @@ def remove_tree(path: str | os.PathLike[str], *, missing_ok: bool = True) -> Non
         return
     mounted = mounts_under(p)
     if mounted:
-        raise MaasChrootError(
+        raise MountedError(
             f"refusing to delete {p}: something is mounted below it ({', '.join(mounted[:3])})",
-            hint=f"unmount it first (umount -R {mounted[-1]}), then retry",
-        )
+            path=p, hint=f"unmount it first (umount -R {mounted[-1]}), then retry")
     fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _clear_dir(fd, st.st_dev, p)
@@ -296,15 +295,15 @@ def _clear_dir(dirfd: int, dev: int, where: str) -> None:
             continue
         if node.kind == _fdwalk.ENTRY:
             if stat.S_ISDIR(node.st.st_mode):
-                raise MaasChrootError(
+                raise MountedError(
                     f"refusing to delete {node.where}: it is on another filesystem (a mount?)",
-                    hint=f"unmount {node.where} first")
+                    path=node.where, hint=f"unmount {node.where} first")
             os.unlink(node.name, dir_fd=node.parent)
             continue
         try:
             os.rmdir(node.name, dir_fd=node.parent)
         except OSError as e:
             if e.errno == errno.EBUSY:
-                raise MaasChrootError(f"refusing to delete {node.where}: it is busy (mounted)",
-                                      hint=f"umount -R {node.where}") from e
+                raise MountedError(f"refusing to delete {node.where}: it is busy (mounted)",
+                                   path=node.where, hint=f"umount -R {node.where}") from e
             raise

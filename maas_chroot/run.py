@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from .errors import CommandError
+from .errors import ArgumentError, CommandError
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ def clean_env(extra: Mapping[str, str] | None = None, *,
 def as_argv(argv: Sequence[Arg]) -> list[str]:
     """Check an argv list (never a shell string, never empty) and make every item a str."""
     if isinstance(argv, str | bytes):
-        raise TypeError("argv must be a list of arguments, not a string (no shell is used)")
+        raise ArgumentError(f"argv must be a list of arguments, not a string: {argv!r}",
+                            hint="split it yourself, e.g. ['ls', '-l'] (no shell is used)")
     if not argv:
-        raise ValueError("argv must not be empty")
+        raise ArgumentError("argv must not be empty", hint="name the command to run")
     return [os.fspath(a) for a in argv]
 
 

@@ -29,7 +29,7 @@ from . import _journal, rootfs
 from . import progress as _progress
 from ._scrub import Scrub
 from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport
-from .errors import ChrootBusyError, ChrootError, MaasChrootError
+from .errors import MountedError, SysprepError
 
 __all__ = ["OPERATIONS", "SysprepItem", "SysprepOperation", "SysprepReport", "sysprep"]
 
@@ -156,12 +156,12 @@ def _inspect(s: Scrub) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
 
 def _check_root(root: str) -> None:
     if not os.path.isdir(root):
-        raise ChrootError(f"sysprep: {root} is not a directory", root=root,
+        raise SysprepError(f"sysprep: {root} is not a directory", root=root,
                           hint="pass the directory a rootfs was extracted into")
     mounted = rootfs.mounts_under(root)
     if mounted:
-        raise ChrootBusyError(f"sysprep: something is mounted below {root} ({mounted[0]})",
-                              root=root, hint=f"umount -R {mounted[-1]} first")
+        raise MountedError(f"sysprep: something is mounted below {root} ({mounted[0]})",
+                           path=mounted[0], hint=f"umount -R {mounted[-1]} first")
 
 
 def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
@@ -175,8 +175,8 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
     kept = {keep} if isinstance(keep, str) else set(keep)
     unknown = sorted(kept - set(OPERATIONS))
     if unknown:
-        raise MaasChrootError(f"sysprep: unknown operation(s) in keep: {', '.join(unknown)}",
-                              hint=f"choose from: {', '.join(OPERATIONS)}")
+        raise SysprepError(f"sysprep: unknown operation(s) in keep: {', '.join(unknown)}",
+                           root=top, hint=f"choose from: {', '.join(OPERATIONS)}")
     _check_root(top)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_journal.exclusive(top, "sysprep"))  # no session starts meanwhile

@@ -27,7 +27,13 @@ from maas_chroot import Chroot, hostapt, recover, rootfs, sysprep
 from maas_chroot import _aptprogress as ap
 from maas_chroot import run as _run
 from maas_chroot.apt import APT_ENV, PROXY_FILE, Apt, AptResult
-from maas_chroot.errors import ChrootBusyError, CommandError, MaasChrootError
+from maas_chroot.errors import (
+    AptError,
+    ArgumentError,
+    ChrootBusyError,
+    CommandError,
+    MaasChrootError,
+)
 
 # --- Status-Fd parsing -------------------------------------------------------------------
 
@@ -180,11 +186,11 @@ def test_failure_raises_command_error_with_apts_own_lines(tmp_path: Path) -> Non
 
 def test_rejects_option_injection_and_single_strings(tmp_path: Path) -> None:
     apt = Apt(FakeChroot(tmp_path))
-    with pytest.raises(MaasChrootError, match="not a package name"):
+    with pytest.raises(AptError, match="not a package name"):
         apt.install(["-o=APT::Foo=1"])
-    with pytest.raises(TypeError):
+    with pytest.raises(ArgumentError):
         apt.install("jq")
-    with pytest.raises(MaasChrootError, match="no packages"):
+    with pytest.raises(AptError, match="no packages"):
         apt.install([])
 
 
@@ -200,7 +206,7 @@ def test_local_debs_are_copied_in_and_installed_by_path(tmp_path: Path) -> None:
     assert apt_get[-3:] == ["--", "jq", copied[0]]
     assert chmod == ["chmod", "0755", "/var/tmp/maas-chroot-debs.Ab12Cd"]
     assert rm[:2] == ["rm", "-rf"] and rm[-1] == "/var/tmp/maas-chroot-debs.Ab12Cd"
-    with pytest.raises(MaasChrootError, match=r"no such \.deb"):
+    with pytest.raises(AptError, match=r"no such \.deb"):
         Apt(fake).install([tmp_path / "missing.deb"])
 
 

@@ -184,7 +184,7 @@ def test_exit_codes_signals_and_missing_commands(shared_root: Path) -> None:
         assert ch.run(["no-such-command-here"], check=False).returncode == 127
         assert ch.run(["cat"], input="piped", capture=True).stdout == "piped"
         assert ch.shell(["sh", "-c", "exit 4"]) == 4
-        with pytest.raises(TypeError):
+        with pytest.raises(mc.ArgumentError):
             ch.run("echo hi")  # type: ignore[arg-type]
 
 

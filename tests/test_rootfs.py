@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maas_chroot import MaasChrootError, UnsafePathError, inroot, rootfs
+from maas_chroot import MountedError, UnsafePathError, inroot, rootfs
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -136,12 +136,12 @@ def test_remove_tree_refuses_while_something_is_mounted_below(tmp_path: Path) ->
     try:
         (point / "on-tmpfs").write_text("y")
         assert rootfs.mounts_under(tree) == [str(point)]
-        with pytest.raises(MaasChrootError, match="mounted"):
+        with pytest.raises(MountedError, match="mounted"):
             rootfs.remove_tree(tree)
         assert (tree / "keep").exists() and (point / "on-tmpfs").exists()
         fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            with pytest.raises(MaasChrootError, match="another filesystem"):
+            with pytest.raises(MountedError, match="another filesystem"):
                 rootfs.clear_dir_at(fd, str(tree))  # never crosses into the mount
         finally:
             os.close(fd)

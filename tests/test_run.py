@@ -8,7 +8,7 @@ import os
 import pytest
 
 from maas_chroot import run
-from maas_chroot.errors import CommandError
+from maas_chroot.errors import ArgumentError, CommandError
 
 
 def test_clean_env_is_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,6 +53,11 @@ def test_missing_command_is_a_command_error() -> None:
 
 
 def test_string_argv_is_refused() -> None:
+    with pytest.raises(ArgumentError, match="not a string") as err:
+        run.run("echo hi")  # type: ignore[arg-type]
+    assert isinstance(err.value, TypeError)  # what Python itself raises for this
+    with pytest.raises(ArgumentError, match="empty"):
+        run.run([])
     with pytest.raises(TypeError):
         run.run("echo hi")  # type: ignore[arg-type]
 

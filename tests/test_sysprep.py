@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import maas_chroot as mc
 from maas_chroot import rootfs
-from maas_chroot.errors import ChrootBusyError, MaasChrootError
+from maas_chroot.errors import ChrootBusyError
 from maas_chroot.sysprep import FSTAB_HEADER, OPERATIONS, SysprepReport, sysprep
 
 PROXY = 'Acquire::http::Proxy "http://10.9.9.9:3128";\n'
@@ -265,7 +266,7 @@ def test_refuses_a_root_with_a_session_journal(planted: Path) -> None:
 
 def test_rejects_unknown_operation_names(planted: Path) -> None:
     before = tree(planted)
-    with pytest.raises(MaasChrootError, match="ssh-keys") as err:
+    with pytest.raises(mc.SysprepError, match="ssh-keys") as err:
         sysprep(planted, keep=["ssh-keys"], progress=False)
     assert "ssh-hostkeys" in str(err.value)  # the hint lists the real names
     assert tree(planted) == before
@@ -277,7 +278,7 @@ def test_refuses_a_root_with_a_mount_below(planted: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(target)], check=True)
     try:
         (target / "inside-mount").write_text("x")
-        with pytest.raises(ChrootBusyError, match="mounted"):
+        with pytest.raises(mc.MountedError, match="mounted"):
             sysprep(planted, progress=False)
         assert (target / "inside-mount").exists()
     finally:
