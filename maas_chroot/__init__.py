@@ -45,8 +45,7 @@ from .fetch import fetch
 from .maas import BootResource, MaasClient, Upload
 from .sources import ImageSource, cloud_image
 from .sysprep import SysprepReport, sysprep
-
-__version__ = "0.1.0"
+from .version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import progress as _progress
 
-log = logging.getLogger("maas_chroot.apt")
+log = logging.getLogger(__name__)
 
 KINDS = ("dlstatus", "pmstatus", "pmerror", "pmconffile", "media-change")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
@@ -93,10 +93,8 @@ class AptProgress:
         self.desc = desc
         self.phase: str | None = None
         self.errors: list[str] = []
-        self.events = 0
 
     def __call__(self, event: StatusEvent) -> None:
-        self.events += 1
         if event.kind == "pmerror":
             self.errors.append(f"{event.item}: {event.message}")
             return

@@ -29,6 +29,7 @@ from . import progress as progress_mod
 from ._verify import file_sha256
 from .errors import FetchError, UnreachableError
 from .sources import file_url_path
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,6 @@ class Http:
     def __init__(self, options: HttpOptions | None = None) -> None:
         self.options = options or HttpOptions()
         self.session = requests.Session()
-        from . import __version__  # noqa: PLC0415 - the package imports this module
         self.session.headers["User-Agent"] = f"maas-chroot/{__version__}"
 
     def __enter__(self) -> Http:

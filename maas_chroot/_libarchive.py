@@ -25,10 +25,7 @@ EOF = 1
 WARN = -20
 
 # archive_entry file types
-AE_IFMT = 0o170000
-AE_IFREG = 0o100000
 AE_IFLNK = 0o120000
-AE_IFSOCK = 0o140000
 AE_IFDIR = 0o040000
 
 # archive_write_disk options
@@ -37,7 +34,6 @@ EXTRACT_PERM = 0x0002
 EXTRACT_TIME = 0x0004
 EXTRACT_ACL = 0x0020
 EXTRACT_XATTR = 0x0080
-EXTRACT_SECURE_SYMLINKS = 0x0100
 EXTRACT_SECURE_NODOTDOT = 0x0200
 
 # archive_read_disk behaviours
@@ -63,7 +59,6 @@ def _bind(name: str, argtypes: list[Any], restype: Any) -> Callable[..., Any]:
 
 
 error_string = _bind("error_string", [_p], _s)
-errno_ = _bind("errno", [_p], _i)
 
 entry_new = _bind("entry_new", [], _p)
 entry_free = _bind("entry_free", [_p], None)
@@ -71,7 +66,6 @@ entry_clear = _bind("entry_clear", [_p], _p)
 entry_pathname = _bind("entry_pathname", [_p], _s)
 entry_hardlink = _bind("entry_hardlink", [_p], _s)
 entry_filetype = _bind("entry_filetype", [_p], ctypes.c_uint)
-entry_size = _bind("entry_size", [_p], _ll)
 entry_mtime = _bind("entry_mtime", [_p], ctypes.c_int64)
 entry_mtime_nsec = _bind("entry_mtime_nsec", [_p], ctypes.c_long)
 entry_mtime_is_set = _bind("entry_mtime_is_set", [_p], _i)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import _journal, bootstrap, formats, releases, rootfs, run
+from . import _rootlock, bootstrap, formats, releases, rootfs, run
 from .errors import SourceError
 from .sources import ImageSource, Verify, cloud_image, is_url, request, verify_mode
 
@@ -165,7 +165,7 @@ def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path
     if mounted:
         raise SourceError(f"cannot copy {s}: something is mounted below it ({mounted[0]})",
                           hint=f"unmount it first (umount -R {mounted[-1]})")
-    with _journal.exclusive(s, "copy"):  # no session may change it while it is copied
+    with _rootlock.exclusive(s, "copy"):  # no session may change it while it is copied
         if os.path.isdir(d) and not os.listdir(d):
             os.rmdir(d)
         # --archive keeps owners, modes, times, xattrs, ACLs and hardlinks; -x stays on one

@@ -21,7 +21,7 @@ from ._sysprep_report import SysprepItem
 from .errors import MountedError
 from .progress import human_size
 
-log = logging.getLogger("maas_chroot.sysprep")
+log = logging.getLogger(__name__)
 
 
 class Scrub:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _compress, _journal, _mktar, _untar, formats, rootfs, run
+from . import _compress, _mktar, _rootlock, _untar, formats, rootfs, run
 from . import progress as _progress
 from .errors import ArchiveError, CommandError, UnsafeArchiveError
 
@@ -285,7 +285,7 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     nthreads = threads or len(os.sched_getaffinity(0))
     try:
         # The session lock keeps a Chroot from swapping resolv.conf/policy-rc.d in mid-walk.
-        with _journal.exclusive(src, "pack"), _atomic_output(dest) as raw, \
+        with _rootlock.exclusive(src, "pack"), _atomic_output(dest) as raw, \
                 _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
             stream = _compress.open_stream(kind, raw, level=level, threads=nthreads,
                                            where=where, reproducible=reproducible)

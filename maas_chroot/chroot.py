@@ -32,21 +32,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, overload
+from typing import IO, Any, Literal, overload
 
-from . import _checks, _copyin, _journal, _netns, inroot, rootfs
+from . import _checks, _copyin, _journal, _netns, _rootlock, inroot, rootfs
 from . import run as _run
 from ._checks import Bind, Binds
+from .apt import Apt
 from .errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError
-
-if TYPE_CHECKING:
-    from .apt import Apt
 
 __all__ = ["Bind", "Chroot", "RecoverReport", "Terminated", "recover"]
 
 log = logging.getLogger(__name__)
 
-NSEXEC = _netns.NSEXEC
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 POLICY_SCRIPT = b"#!/bin/sh\n# maas-chroot session: never start services in the image\nexit 101\n"
 RESOLV_CONF = "/etc/resolv.conf"
@@ -139,7 +136,7 @@ class Chroot:
 
     def _setup(self, stack: contextlib.ExitStack) -> None:
         root = str(self._root)
-        stack.enter_context(_journal.locked(root))
+        stack.enter_context(_rootlock.locked(root))
         stale = _journal.load(root)
         if stale is not None:
             if not self._recover:
@@ -418,8 +415,6 @@ class Chroot:
     @property
     def apt(self) -> Apt:
         """apt and dpkg operations in this session (:class:`maas_chroot.apt.Apt`)."""
-        from .apt import Apt  # noqa: PLC0415 - apt depends on this module
-
         return Apt(self)
 
 
@@ -471,7 +466,7 @@ def recover(root: str | os.PathLike[str]) -> RecoverReport | None:
         raise PrivilegeError("recover() needs root to restore files owned by root",
                              hint="run as root, e.g. with sudo")
     real = str(_checks.check_root(root))
-    with _journal.locked(real, purpose="recovery"):
+    with _rootlock.locked(real, purpose="recovery"):
         journal = _journal.load(real)
         if journal is None:
             return None

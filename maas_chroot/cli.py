@@ -24,7 +24,7 @@ from .fetch import fetch
 from .maas import Upload
 from .sysprep import sysprep
 
-log = logging.getLogger("maas_chroot.cli")
+log = logging.getLogger(__name__)
 
 #: Verbs that need root: extracting device nodes and owners, chroot, reading every file.
 ROOT_VERBS = {

@@ -25,7 +25,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 
-from . import _journal, rootfs
+from . import _rootlock, rootfs
 from . import progress as _progress
 from ._scrub import Scrub
 from ._sysprep_report import SysprepItem, SysprepOperation, SysprepReport
@@ -179,7 +179,7 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
                            root=top, hint=f"choose from: {', '.join(OPERATIONS)}")
     _check_root(top)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_journal.exclusive(top, "sysprep"))  # no session starts meanwhile
+        stack.enter_context(_rootlock.exclusive(top, "sysprep"))  # no session starts meanwhile
         rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         stack.callback(os.close, rootfd)
         s = Scrub(top, rootfd)

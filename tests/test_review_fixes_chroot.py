@@ -16,7 +16,7 @@ import pytest
 from conftest import tree_state
 
 import maas_chroot as mc
-from maas_chroot import _journal, _resolve, rootfs
+from maas_chroot import _journal, _resolve, _rootlock, rootfs
 
 pytestmark = pytest.mark.root
 
@@ -28,10 +28,10 @@ sysprep_mod = importlib.import_module("maas_chroot.sysprep")  # the package re-e
 
 def test_lock_dir_is_created_root_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lockdir = tmp_path / "locks"
-    monkeypatch.setattr(_journal, "LOCK_DIRS", (str(lockdir),))
+    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
     root = tmp_path / "root"
     root.mkdir()
-    with _journal.locked(str(root)):
+    with _rootlock.locked(str(root)):
         st = os.lstat(lockdir)
         assert st.st_uid == 0 and (st.st_mode & 0o777) == 0o700
         assert len(os.listdir(lockdir)) == 1
@@ -43,11 +43,11 @@ def test_planted_symlink_lock_dir_is_refused(tmp_path: Path,
     target.mkdir()
     lockdir = tmp_path / "locks"
     lockdir.symlink_to(target)
-    monkeypatch.setattr(_journal, "LOCK_DIRS", (str(lockdir),))
+    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
     root = tmp_path / "root"
     root.mkdir()
     with (pytest.raises(mc.ChrootError, match="unsafe session lock directory") as e,
-          _journal.locked(str(root))):
+          _rootlock.locked(str(root))):
         pass
     assert str(lockdir) in str(e.value) and "remove" in str(e.value)
     assert os.listdir(target) == []
@@ -60,11 +60,11 @@ def test_planted_user_lock_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     lockdir.mkdir()
     os.chown(lockdir, uid, uid)
     os.chmod(lockdir, mode)
-    monkeypatch.setattr(_journal, "LOCK_DIRS", (str(lockdir),))
+    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
     root = tmp_path / "root"
     root.mkdir()
     with (pytest.raises(mc.ChrootError, match="unsafe session lock directory"),
-          _journal.locked(str(root))):
+          _rootlock.locked(str(root))):
         pass
     assert os.listdir(lockdir) == []
 
@@ -198,7 +198,7 @@ def test_pack_and_a_session_exclude_each_other(minbase_root: Path, tmp_path: Pat
 def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
     (tmp_path / rootfs.JOURNAL_NAME).write_text("{}")
     with (pytest.raises(mc.ChrootBusyError, match="cannot pack") as e,
-          _journal.exclusive(tmp_path, "pack")):
+          _rootlock.exclusive(tmp_path, "pack")):
         pass
     assert "recover(" in str(e.value)
 
