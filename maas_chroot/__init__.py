@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 
 from .archive import PackResult, extract, pack
-from .build import BuildResult, BuildSpec, build
 from .chroot import Bind, Chroot, recover
+from .customise import SysprepReport, sysprep
 from .errors import (
     AptError,
     ArchiveError,
@@ -41,10 +41,9 @@ from .errors import (
     UnsafePathError,
     VerificationError,
 )
-from .fetch import fetch
 from .maas import BootResource, MaasClient, Upload
-from .sources import ImageSource, cloud_image
-from .sysprep import SysprepReport, sysprep
+from .pipeline import BuildResult, BuildSpec, build
+from .sources import ImageSource, cloud_image, fetch
 from .version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from maas_chroot import hostapt, rootfs
+from maas_chroot import rootfs
+from maas_chroot.sources import hostapt
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maas-chroot-tests"
 IS_ROOT = os.geteuid() == 0

@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from maas_chroot import _maasnames, releases
+from maas_chroot import releases
+from maas_chroot.maas import names as _maasnames
 
 PREFIX = "/MAAS/api/2.0/"
 TIMESTAMP_THRESHOLD = 300

@@ -23,10 +23,10 @@ import pytest
 from aptrepo import DebSpec, make_deb, make_key, serve_proxy, serve_repo
 from conftest import gnu_extract
 
-from maas_chroot import Chroot, hostapt, recover, rootfs, sysprep
-from maas_chroot import _aptprogress as ap
+from maas_chroot import Chroot, recover, rootfs, sysprep
 from maas_chroot import run as _run
-from maas_chroot.apt import APT_ENV, PROXY_FILE, Apt, AptResult
+from maas_chroot.chroot import aptstatus as ap
+from maas_chroot.chroot.apt import APT_ENV, PROXY_FILE, Apt, AptResult
 from maas_chroot.errors import (
     AptError,
     ArgumentError,
@@ -34,6 +34,7 @@ from maas_chroot.errors import (
     CommandError,
     MaasChrootError,
 )
+from maas_chroot.sources import hostapt
 
 # --- Status-Fd parsing -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import pytest
 from conftest import gnu_extract
 
 from maas_chroot import archive, rootfs
+from maas_chroot.archive import archiving
 from maas_chroot.errors import ArchiveError, ChrootBusyError
 
 pytestmark = pytest.mark.root
@@ -229,13 +230,13 @@ def test_extract_squashfs_progress_and_errors(hard_tree: Path, tmp_path: Path,
     img = tmp_path / "root.squashfs"
     _run("mksquashfs", hard_tree, img, "-noappend", "-no-progress", "-quiet", "-comp", "gzip")
     bars: list[Any] = []
-    real_bar = archive._progress.bar
+    real_bar = archiving._progress.bar
 
     def keep(show: bool | None, **kwargs: Any) -> Any:
         bars.append(real_bar(True, file=io.StringIO(), **kwargs))
         return bars[-1]
 
-    monkeypatch.setattr(archive._progress, "bar", keep)
+    monkeypatch.setattr(archiving._progress, "bar", keep)
     archive.extract(img, tmp_path / "ours", progress=True)
     # unsquashfs's own bar drives ours, and it ends at the image's size
     assert [(b.desc, b.total, b.n) for b in bars] == [
@@ -416,7 +417,7 @@ def test_pack_is_reproducible(hard_tree: Path, tmp_path: Path,
 
 def test_pack_falls_back_to_zlib_gzip(hard_tree: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from maas_chroot import _compress
+    from maas_chroot.archive import compress as _compress
     fast = archive.pack(hard_tree, tmp_path / "fast.tgz", progress=False)
     monkeypatch.setattr(_compress, "_gzip_ng", None)
     assert _compress.gzip_backend() == "zlib"

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 import maas_chroot as mc
-from maas_chroot import bootstrap, hostapt, rootfs
-from maas_chroot.build import BuildResult
+from maas_chroot import rootfs
 from maas_chroot.errors import SpecError
+from maas_chroot.pipeline import BuildResult
+from maas_chroot.sources import bootstrap, hostapt
 from tests.maas_server import serve
 
 
@@ -42,7 +43,7 @@ def test_result_repr_shows_every_step_and_the_total() -> None:
 @pytest.mark.skipif(any("noble" in s.suites for s in hostapt.sources()),
                     reason="this host's apt carries noble")
 def test_apt_source_lines_parse_and_get_distinct_file_names() -> None:
-    from maas_chroot._customise import parse_apt_source
+    from maas_chroot.customise.customisation import parse_apt_source
 
     long = "https://artifactory.corp.example.com/artifactory/ubuntu-remote"
     upd = parse_apt_source(f"{long} noble-updates main universe", "/k.gpg")

@@ -18,7 +18,9 @@ import pytest
 from conftest import tree_state
 
 import maas_chroot as mc
-from maas_chroot import hostapt, inroot, rootfs
+from maas_chroot import rootfs
+from maas_chroot.rootfs import inroot
+from maas_chroot.sources import hostapt
 
 pytestmark = pytest.mark.root
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from maas_chroot import cli, rootfs
-from maas_chroot.build import BuildResult, BuildSpec
+from maas_chroot.cli import verbs
 from maas_chroot.maas import Upload
+from maas_chroot.pipeline import BuildResult, BuildSpec
 from tests.aptrepo import DebSpec, serve_proxy, serve_repo
 from tests.maas_server import serve
 
@@ -71,7 +72,7 @@ def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
         calls.append((spec.source, spec.output, spec))
         return BuildResult(output=spec.output, size=1, sha256="0" * 64, source=str(spec.source))
 
-    monkeypatch.setattr(cli, "build", fake_build)
+    monkeypatch.setattr(verbs, "build", fake_build)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     return calls
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import maas_chroot as mc
-from maas_chroot import _verify
 from maas_chroot.errors import FetchError, SourceError, VerificationError
-from maas_chroot.fetch import cache_path
+from maas_chroot.sources import verify as _verify
+from maas_chroot.sources.fetching import cache_path
 from tests.cloudimages import CloudImageSite, serve_cloud_images
 from tests.proxy import serve_proxy
 
@@ -357,7 +357,7 @@ def test_offline_uses_the_verified_cached_copy(tmp_path: Path,
 _CHILD = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-from maas_chroot.fetch import fetch
+from maas_chroot.sources.fetching import fetch
 from maas_chroot.sources import cloud_image
 a = json.loads(sys.argv[1])
 path = fetch(cloud_image("noble", mirror=a["mirror"]), keyring=a["keyring"],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from maas_chroot import hostapt
 from maas_chroot.errors import SourceError
+from maas_chroot.sources import hostapt
 
 
 def _etc(tmp_path: Path, sources_list: str = "", **d: str) -> Path:

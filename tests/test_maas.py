@@ -26,9 +26,10 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT, Client
 from requests_oauthlib import OAuth1
 
-from maas_chroot import _maasapi
 from maas_chroot import maas as mm
 from maas_chroot.errors import ArchiveError, ImageNameError, MaasApiError
+from maas_chroot.maas import api as _maasapi
+from maas_chroot.maas import names
 from tests.maas_server import FakeMaas, serve
 
 MiB = 1 << 20
@@ -291,13 +292,13 @@ def test_filetype_from_magic_bytes(tmp_path: Path) -> None:
              "d.raw": (disk, "ddraw")}
     for fname, (data, kind) in cases.items():
         (tmp_path / fname).write_bytes(data)
-        assert mm.infer_filetype(tmp_path / fname) == kind, fname
+        assert names.infer_filetype(tmp_path / fname) == kind, fname
     (tmp_path / "z").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
     with pytest.raises(ArchiveError, match="zstd"):
-        mm.infer_filetype(tmp_path / "z")
+        names.infer_filetype(tmp_path / "z")
     (tmp_path / "t").write_bytes(tar.getvalue())
     with pytest.raises(ArchiveError, match="filetype="):
-        mm.infer_filetype(tmp_path / "t")
+        names.infer_filetype(tmp_path / "t")
 
 
 def test_newest_set_is_the_greatest_version() -> None:

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import gnu_extract
 
-from maas_chroot import _fdwalk, archive, inroot, rootfs
-from maas_chroot._compress import HashingFile, ProcessStream
-from maas_chroot._scrub import Scrub
+from maas_chroot import archive, rootfs
+from maas_chroot.archive.compress import HashingFile, ProcessStream
+from maas_chroot.customise.scrub import Scrub
 from maas_chroot.errors import SourceError
-from maas_chroot.fetch import cache_path, fetch
+from maas_chroot.rootfs import inroot
+from maas_chroot.rootfs import walk as _fdwalk
+from maas_chroot.sources.fetching import cache_path, fetch
 
 
 def _text_tree(root: Path) -> Path:

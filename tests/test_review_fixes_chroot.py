@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import signal
 import subprocess
@@ -16,12 +15,15 @@ import pytest
 from conftest import tree_state
 
 import maas_chroot as mc
-from maas_chroot import _journal, _resolve, _rootlock, rootfs
+from maas_chroot import rootfs
+from maas_chroot.archive import archiving
+from maas_chroot.chroot import journal as _journal
+from maas_chroot.rootfs import lock as _rootlock
+from maas_chroot.sources import plans as _resolve
 
 pytestmark = pytest.mark.root
 
-sysprep_mod = importlib.import_module("maas_chroot.sysprep")  # the package re-exports the function
-
+from maas_chroot.customise import scrubbing as sysprep_mod  # noqa: E402
 
 # --- H1: the lock directory is root-only and never followed through a planted path ----------
 
@@ -184,7 +186,7 @@ def test_pack_and_a_session_exclude_each_other(minbase_root: Path, tmp_path: Pat
     assert not (tmp_path / "live.tgz").exists()
 
     out = tmp_path / "img.tgz"
-    with (_paused_in_thread(monkeypatch, archive._mktar, "write_tree",
+    with (_paused_in_thread(monkeypatch, archiving._mktar, "write_tree",
                             lambda: archive.pack(minbase_root, out, progress=False)) as result,
           pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(pack\)"),
           mc.Chroot(minbase_root)):

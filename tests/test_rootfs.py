@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from maas_chroot import MountedError, UnsafePathError, inroot, rootfs
+from maas_chroot import MountedError, UnsafePathError, rootfs
+from maas_chroot.rootfs import inroot
 
 
 @pytest.fixture(params=["openat2", "walk"])

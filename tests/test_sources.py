@@ -9,9 +9,9 @@ import pytest
 
 import maas_chroot as mc
 from maas_chroot import releases, sources
-from maas_chroot._verify import sums_entry
 from maas_chroot.errors import SourceError, VerificationError
-from maas_chroot.fetch import cache_path, default_cache_dir
+from maas_chroot.sources.fetching import cache_path, default_cache_dir
+from maas_chroot.sources.verify import sums_entry
 
 CI = "https://cloud-images.ubuntu.com"
 

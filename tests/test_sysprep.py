@@ -11,8 +11,8 @@ import pytest
 
 import maas_chroot as mc
 from maas_chroot import rootfs
+from maas_chroot.customise import FSTAB_HEADER, OPERATIONS, SysprepReport, sysprep
 from maas_chroot.errors import ChrootBusyError
-from maas_chroot.sysprep import FSTAB_HEADER, OPERATIONS, SysprepReport, sysprep
 
 PROXY = 'Acquire::http::Proxy "http://10.9.9.9:3128";\n'
 

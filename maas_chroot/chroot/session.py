@@ -1,0 +1,481 @@
+"""The chroot session: :class:`Chroot`, :class:`Bind` and :func:`recover`.
+
+Nothing is ever mounted in the host's mount namespace. Each command starts a
+small helper (``nsexec.py``) in its own mount and PID namespace (and, with
+``network="none"``, a loopback-only network namespace shared by the session);
+the helper mounts proc, a read-only sysfs, a minimal /dev with its own devpts,
+a tmpfs on /run and the caller's binds, chroots and execs. When the command
+ends, its namespaces die with every mount and every daemon it started.
+
+The session itself holds only what must persist across commands, each as a
+reversible step on an ExitStack whose undo is registered before the action
+and recorded in a journal inside the root before the change is made:
+``usr/sbin/policy-rc.d`` (exit 101), the ``etc/resolv.conf`` swap (the host's
+file, so names resolve as on the host), files of :meth:`Chroot.temporary_file`
+and any mount-point directory the image lacks. :func:`recover` replays that
+journal after a session was SIGKILLed. A host-side lock keeps two sessions
+off one root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any, Literal, overload
+
+from .. import rootfs
+from .. import run as _run
+from ..errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError
+from ..rootfs import inroot
+from ..rootfs import lock as _rootlock
+from . import checks as _checks
+from . import copyin as _copyin
+from . import journal as _journal
+from . import netns as _netns
+from .apt import Apt
+from .checks import Bind, Binds
+
+__all__ = ["Bind", "Chroot", "RecoverReport", "Terminated", "recover"]
+
+log = logging.getLogger(__name__)
+
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+POLICY_SCRIPT = b"#!/bin/sh\n# maas-chroot session: never start services in the image\nexit 101\n"
+RESOLV_CONF = "/etc/resolv.conf"
+#: Directories the helper mounts on in every command.
+MOUNT_POINTS = ("/proc", "/sys", "/dev", "/run")
+#: The environment of every command (the caller's ``env`` and proxies are added).
+CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8", "PATH": _run.DEFAULT_PATH,
+              "SYSTEMD_OFFLINE": "1", "HOME": "/root"}
+
+Network = Literal["host", "none"]
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    """What :func:`recover` put back in a root a killed session had left behind."""
+
+    root: Path
+    session_pid: int
+    undone: tuple[str, ...]
+
+    def __str__(self) -> str:
+        lines = [f"recovered {self.root} (session pid {self.session_pid}):"]
+        return "\n".join(lines + [f"  {line}" for line in self.undone])
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a session; raised so the session unwinds (exit status 143)."""
+
+
+class Chroot:
+    """A session on an extracted rootfs. Use it as a context manager.
+
+    ``network="none"`` gives commands their own network namespace with only
+    ``lo`` (up). ``binds={host_dir: chroot_dir}`` (or ``(chroot_dir, "ro")`` or
+    :class:`Bind` values) adds bind mounts to every command. ``recover=True``
+    replays a journal a killed session left behind instead of refusing.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, network: Network = "host",
+                 binds: Binds = None, recover: bool = False) -> None:
+        if os.geteuid() != 0:
+            raise PrivilegeError("a chroot session needs root (namespaces, mounts, chroot)",
+                                 hint="run as root, e.g. with sudo")
+        self._root = _checks.check_root(root)
+        if network not in ("host", "none"):
+            raise ChrootError(f"unknown network mode {network!r}", root=self._root,
+                              hint='use network="host" or network="none"')
+        self.network: Network = network
+        if network == "none":
+            _netns.pyroute2_path(str(self._root))  # fail now, before touching the root
+        self.binds = _checks.normalize_binds(binds, str(self._root))
+        self._recover = recover
+        self._stack: contextlib.ExitStack | None = None
+        self._journal: _journal.Journal | None = None
+        self._swapped: set[str] = set()
+        self._netfd: int | None = None
+        self._undo_failed = False
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def __repr__(self) -> str:
+        state = "active" if self._stack is not None else "inactive"
+        return f"Chroot({str(self._root)!r}, network={self.network!r}, binds={self.binds!r}) " \
+               f"<{state}>"
+
+    # --- session set-up and tear-down -----------------------------------------------------
+
+    def __enter__(self) -> Chroot:
+        if self._stack is not None:
+            raise ChrootError("this session is already active", root=self._root)
+        stack = contextlib.ExitStack()
+        try:
+            with _signals_deferred():
+                self._setup(stack)
+        except BaseException:
+            with _signals_deferred():
+                stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            with _signals_deferred():
+                stack.close()
+
+    def _setup(self, stack: contextlib.ExitStack) -> None:
+        root = str(self._root)
+        stack.enter_context(_rootlock.locked(root))
+        stale = _journal.load(root)
+        if stale is not None:
+            if not self._recover:
+                raise ChrootBusyError(
+                    f"{root} has the journal of a session (pid {stale.pid}) that was killed "
+                    "before it could clean up", root=root,
+                    hint=f"run mc.recover({root!r}) or `maas-chroot recover {root}`, or pass "
+                         "Chroot(..., recover=True)")
+            log.warning("%s", _replay(root, stale))
+        journal = _journal.Journal(root)
+        stack.callback(self._finish, journal)  # runs last: the journal goes once all is undone
+        journal.save()
+        self._journal, self._swapped, self._undo_failed = journal, set(), False
+        self._stack = stack
+        try:
+            for point in (*MOUNT_POINTS, *(b.dst for b in self.binds)):
+                self._ensure_mount_point(point, directory=point in MOUNT_POINTS
+                                         or os.path.isdir(self._bind_src(point)))
+            self.temporary_file(POLICY_RC_D, POLICY_SCRIPT, mode=0o755)
+            try:
+                with open("/etc/resolv.conf", "rb") as f:
+                    resolv = f.read()
+            except FileNotFoundError:
+                log.warning("the host has no /etc/resolv.conf; names will not resolve in %s",
+                            root)
+            else:
+                self.temporary_file(RESOLV_CONF, resolv, mode=0o644)
+            if self.network == "none":
+                self._netfd = stack.enter_context(_netns.loopback_namespace(root))
+                stack.callback(setattr, self, "_netfd", None)
+            if threading.current_thread() is threading.main_thread():
+                old = signal.getsignal(signal.SIGTERM)
+                stack.callback(signal.signal, signal.SIGTERM, old)
+                signal.signal(signal.SIGTERM, _raise_terminated)
+        finally:
+            self._stack = None
+
+    def _bind_src(self, dst: str) -> str:
+        return next(b.src for b in self.binds if b.dst == dst)
+
+    def _ensure_mount_point(self, path: str, *, directory: bool) -> None:
+        """Create a missing mount point inside the root (journaled, removed at the end).
+
+        A dangling symlink (or a loop, or a file where a directory is needed) is an
+        image problem: the mount point is then never created through it.
+        """
+        assert self._journal is not None and self._stack is not None
+        journal, stack = self._journal, self._stack
+
+        def journaled(sub: str, is_dir: bool) -> None:
+            stack.callback(self._undo, journal.add_mkdir(sub, file=not is_dir))
+
+        root = str(self._root)
+        rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.close(inroot.ensure(rootfd, path, directory=directory, before_create=journaled))
+        except OSError as e:
+            sub = e.filename if isinstance(e.filename, str) else path
+            st = rootfs.lstat(root, sub)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                with rootfs.parent_dir(root, sub) as (dfd, name):
+                    what = f"a symlink to {os.readlink(name, dir_fd=dfd)!r} that does not resolve"
+            elif e.errno == errno.ENOTDIR:
+                what = "not a directory (or a symlink to one)"
+            else:
+                what = f"not usable ({e.strerror})"
+            raise ChrootError(
+                f"cannot make the mount point {path} in {root}: {sub} is {what}", root=root,
+                hint=f"fix or remove {sub} in the image (e.g. ch.run(['rm', '{sub}']) in a "
+                     f"session without this bind), or bind onto another path than {path}"
+            ) from None
+        finally:
+            os.close(rootfd)
+
+    def _undo(self, action: dict[str, object]) -> None:
+        try:
+            log.debug("%s: %s", self._root, _journal.undo(str(self._root), action))
+        except BaseException:
+            self._undo_failed = True
+            raise
+
+    def _finish(self, journal: _journal.Journal) -> None:
+        self._journal = None
+        if self._undo_failed:
+            log.error("%s: the session could not undo everything; the journal stays for "
+                      "mc.recover()", self._root)
+            return
+        journal.remove()
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _active(self) -> contextlib.ExitStack:
+        if self._stack is None:
+            raise ChrootError("the chroot session is not active", root=self._root,
+                              hint="use it inside `with Chroot(root) as ch:`")
+        return self._stack
+
+    def _helper(self, argv: list[str], status_fd: int | None) -> list[str]:
+        cmd = _netns.helper_argv("run", str(os.getpid()), str(self._root),
+                                 "-" if self._netfd is None else str(self._netfd),
+                                 "-" if status_fd is None else str(status_fd),
+                                 str(len(self.binds)))
+        for b in self.binds:
+            cmd += [b.src, b.dst, "d" if os.path.isdir(b.src) else "f",
+                    "ro" if b.readonly else "rw"]
+        log.debug("chroot %s: + %s", self._root, shlex.join(argv))
+        return [*cmd, "--", *argv]
+
+    def _fds(self, extra: Sequence[int] = ()) -> tuple[int, ...]:
+        return (*extra, *(() if self._netfd is None else (self._netfd,)))
+
+    @staticmethod
+    def _env(env: Mapping[str, str] | None) -> dict[str, str]:
+        return {**CHROOT_ENV, **(env or {})}
+
+    @overload
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = ...,
+            capture: bool = ..., input: bytes, env: Mapping[str, str] | None = ...
+            ) -> subprocess.CompletedProcess[bytes]: ...
+
+    @overload
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = ...,
+            capture: bool = ..., input: str | None = ..., env: Mapping[str, str] | None = ...
+            ) -> subprocess.CompletedProcess[str]: ...
+
+    @overload
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = ...,
+            capture: bool = ..., input: str | bytes | None = ...,
+            env: Mapping[str, str] | None = ...) -> subprocess.CompletedProcess[Any]: ...
+
+    def run(self, argv: Sequence[str | os.PathLike[str]], *, check: bool = True,
+            capture: bool = False, input: str | bytes | None = None,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[Any]:
+        """Run ``argv`` inside the chroot; raise :class:`CommandError` if it fails (``check``).
+
+        stderr is always captured (and kept in the error); stdout only with ``capture``.
+        With ``bytes`` input the command runs in binary mode: its input is passed
+        through unchanged and the result's stdout/stderr are ``bytes``; otherwise they
+        are ``str`` (undecodable bytes replaced).
+        """
+        self._active()
+        args = _run.as_argv(argv)
+        status_r, status_w = os.pipe()
+        try:
+            try:
+                proc = _run.run(self._helper(args, status_w), check=False, capture=capture,
+                                input=input, text=not isinstance(input, bytes),
+                                env=self._env(env), pass_fds=self._fds([status_w]))
+            finally:
+                os.close(status_w)
+            with os.fdopen(os.dup(status_r), "rb") as f:
+                status = f.read().decode(errors="replace").strip()
+        finally:
+            os.close(status_r)
+        return self._result(args, proc, status, check=check)
+
+    def _result(self, args: list[str], proc: subprocess.CompletedProcess[Any], status: str, *,
+                check: bool) -> subprocess.CompletedProcess[Any]:
+        out, err = _text(proc.stdout), _text(proc.stderr)
+        kind, _, value = status.partition(" ")
+        if kind == "setup":
+            raise ChrootError(f"cannot run {shlex.join(args)} in {self._root}: {value}",
+                              root=self._root, hint="run as root on Linux with namespaces")
+        if kind == "notfound":
+            if check:
+                raise CommandError(args, 127, out, err,
+                                   message=f"command {args[0]!r} was not found in the image "
+                                           f"{self._root}",
+                                   hint=f"install the package that provides {args[0]!r} "
+                                        "(ch.apt.install), or give its full path")
+            code = 127
+        elif kind == "exit":
+            code = int(value)
+        elif kind == "signal":
+            code = -int(value)
+        else:
+            code = proc.returncode
+        if check and code != 0:
+            raise CommandError(args, code, out, err)
+        return subprocess.CompletedProcess(args, code, proc.stdout, proc.stderr)
+
+    @contextlib.contextmanager
+    def spawn(self, argv: Sequence[str | os.PathLike[str]], *,
+              env: Mapping[str, str] | None = None,
+              stdout: int | IO[Any] | None = subprocess.PIPE,
+              stderr: int | IO[Any] | None = subprocess.PIPE,
+              pass_fds: Sequence[int] = ()) -> Iterator[subprocess.Popen[bytes]]:
+        """Start ``argv`` in the chroot for streaming; fds in ``pass_fds`` keep their numbers.
+
+        The caller checks the exit with :func:`maas_chroot.run.check_exit` (127: not found).
+        """
+        self._active()
+        args = _run.as_argv(argv)
+        with _run.spawn(self._helper(args, None), env=self._env(env), stdout=stdout,
+                        stderr=stderr, pass_fds=self._fds(pass_fds)) as proc:
+            proc.args = args
+            yield proc
+
+    def shell(self, argv: Sequence[str] | None = None) -> int:
+        """An interactive shell (or ``argv``) on the caller's terminal; returns its exit code."""
+        self._active()
+        if argv is None:
+            bash = _checks.exists_in(str(self._root), "/bin/bash")
+            argv = ["/bin/bash", "--login"] if bash else ["/bin/sh", "-l"]
+        args = _run.as_argv(argv)
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            proc = _run.run(self._helper(args, None), check=False, interactive=True,
+                            env=self._env(None), pass_fds=self._fds())
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
+        return proc.returncode
+
+    # --- files ---------------------------------------------------------------------------
+
+    def write_file(self, path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644,
+                   uid: int = 0, gid: int = 0) -> None:
+        """Create or replace ``path`` in the image (resolved inside the root, atomically)."""
+        self._active()
+        rootfs.write_file(str(self._root), _checks.inroot(path), data, mode=mode, uid=uid, gid=gid)
+
+    def copy_in(self, host_src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                mode: int | None = None) -> None:
+        """Copy a host file or directory tree to ``dest`` in the image (root-owned).
+
+        Like ``cp``: a ``dest`` ending in ``/`` (created if missing) receives the
+        source under its own name, and so does an existing directory ``dest`` for a
+        file source; a directory source is merged into an existing directory ``dest``.
+        """
+        self._active()
+        root = str(self._root)
+        src, dst = os.fspath(host_src), _checks.inroot(dest)
+        try:
+            st = os.stat(src)
+        except OSError as e:
+            raise ChrootError(f"cannot copy {src} into {root}: {e.strerror}", root=root,
+                              hint="give an existing host file or directory") from None
+        there = _stat_in(root, dst)
+        if stat.S_ISDIR(st.st_mode) and there and not stat.S_ISDIR(there):
+            raise ChrootError(f"cannot copy the directory {src} onto {dst} in {root}: it "
+                              "exists and is not a directory", root=root,
+                              hint=f"remove {dst} in the image first, or copy into {dst}/...")
+        if dst.endswith("/") or (stat.S_ISREG(st.st_mode) and stat.S_ISDIR(there)):
+            dst = f"{dst.rstrip('/')}/{os.path.basename(src.rstrip('/'))}"
+        if stat.S_ISDIR(st.st_mode):
+            _copyin.copy_tree(root, src, dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copyin.copy_file(root, src, dst, stat.S_IMODE(st.st_mode) if mode is None else mode)
+        else:
+            raise ChrootError(f"cannot copy {src}: not a regular file or directory", root=root)
+
+    def temporary_file(self, path: str | os.PathLike[str], data: str | bytes, *,
+                       mode: int = 0o644) -> None:
+        """Put ``data`` at ``path`` for the session only; the original comes back at the end.
+
+        The original (absent, file or symlink) is recorded in the journal first,
+        so :func:`recover` restores it after a SIGKILL.
+        """
+        stack = self._active()
+        assert self._journal is not None
+        p = _checks.inroot(path)
+        root = str(self._root)
+        if p not in self._swapped:
+            entry = rootfs.snapshot(root, p)
+            action = self._journal.add_swap(entry)
+            self._swapped.add(p)
+            stack.callback(self._undo, action)
+        rootfs.write_file(root, p, data, mode=mode, mkdirs=False)
+
+    def callback(self, fn: Callable[..., object], *args: object) -> None:
+        """Call ``fn(*args)`` when the session ends (last registered, first called)."""
+        self._active().callback(fn, *args)
+
+    @property
+    def apt(self) -> Apt:
+        """apt and dpkg operations in this session (:class:`maas_chroot.apt.Apt`)."""
+        return Apt(self)
+
+
+def _text(data: str | bytes | None) -> str | None:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _stat_in(root: str, path: str) -> int:
+    """The file type bits of ``path`` resolved inside the root (symlinks followed), 0 if none."""
+    try:
+        fd = rootfs.open_in_root(root, path.rstrip("/") or "/", os.O_PATH)
+    except OSError:
+        return 0
+    try:
+        return os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a session sets up or restores (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _replay(root: str, journal: _journal.Journal) -> RecoverReport:
+    done = [_journal.undo(root, action) for action in reversed(journal.actions)]
+    journal.remove()
+    return RecoverReport(Path(root), journal.pid, tuple(done))
+
+
+def recover(root: str | os.PathLike[str]) -> RecoverReport | None:
+    """Undo what a killed session left in ``root`` (from its journal); None if nothing to do.
+
+    Refuses with :class:`ChrootBusyError` while a live session holds the root.
+    """
+    if os.geteuid() != 0:
+        raise PrivilegeError("recover() needs root to restore files owned by root",
+                             hint="run as root, e.g. with sudo")
+    real = str(_checks.check_root(root))
+    with _rootlock.locked(real, purpose="recovery"):
+        journal = _journal.load(real)
+        if journal is None:
+            return None
+        report = _replay(real, journal)
+    log.info("%s", report)
+    return report

@@ -1,0 +1,206 @@
+"""The ``maas-chroot`` command line (also ``python -m maas_chroot``).
+
+The only place that configures logging and turns errors into exit codes: an
+error is one ``maas-chroot: error: ...`` line (plus the tool's own output, such
+as apt's error lines, when there is some) and a ``hint:`` line, exit code 1;
+the traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..archive import archiving as archive
+from ..chroot import session as chroot
+from ..customise.scrubbing import sysprep
+from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
+from ..maas import client as maas
+from ..maas.client import Upload
+from ..pipeline import BuildSpec, build
+from ..sources import plans as _resolve
+from ..sources.fetching import fetch
+from .args import PROG, UsageError, parse
+
+log = logging.getLogger(__name__)
+
+#: Verbs that need root: extracting device nodes and owners, chroot, reading every file.
+ROOT_VERBS = {
+    "build": "extracts device nodes, chroots and runs apt",
+    "extract": "restores device nodes, owners and xattrs",
+    "shell": "mounts and chroots",
+    "pack": "reads every file of the image, whoever owns it",
+    "recover": "restores files owned by root inside the image",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (never calls sys.exit)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    try:
+        try:
+            args = parse(args_list)
+        except SystemExit as e:  # --help / --version
+            return int(e.code or 0)
+        _setup_logging(args)
+        return _dispatch(args)
+    except UsageError as e:
+        _say_error(str(e), f"see `{e.prog} --help`")
+        return 1
+    except MaasChrootError as e:
+        if debug:
+            traceback.print_exc()
+        _say_error(e.message, e.hint)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        _say_error(f"{type(e).__name__}: {e}", "rerun with --debug for the traceback, "
+                   "and report it if it looks like a bug")
+        return 1
+
+
+def _say_error(message: str, hint: str | None) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    if args.debug or args.verbose >= 2:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(name)s: %(message)s" if level == logging.DEBUG else f"{PROG}: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    top = logging.getLogger("maas_chroot")
+    top.handlers = [h for h in top.handlers if isinstance(h, logging.NullHandler)]
+    top.addHandler(handler)
+    top.setLevel(level)
+    top.propagate = False
+    quiet_detail = args.verbose == 0 and not args.debug
+    for name in ("maas_chroot.run", "maas_chroot.chroot"):
+        # one line per step; the modules' own detail only with -v
+        logging.getLogger(name).setLevel(logging.WARNING if quiet_detail else logging.NOTSET)
+    if args.quiet and args.progress is None:
+        args.progress = False
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    verb = str(args.verb)
+    if verb in ROOT_VERBS and os.geteuid() != 0:
+        raise PrivilegeError(f"`{PROG} {verb}` must run as root: it {ROOT_VERBS[verb]}",
+                             hint=f"run it with sudo: sudo {PROG} {verb} ...")
+    handler = {"build": _build, "fetch": _fetch_verb, "extract": _extract, "shell": _shell,
+               "pack": _pack, "upload": _upload, "recover": _recover}[verb]
+    return handler(args)
+
+
+def _client(args: argparse.Namespace) -> maas.MaasClient:
+    if args.profile:
+        return maas.MaasClient.from_profile(args.profile)
+    url = args.maas_url or os.environ.get("MAAS_URL")
+    key = args.api_key or os.environ.get("MAAS_API_KEY")
+    if url and key:
+        return maas.MaasClient(url, key)
+    if os.environ.get("MAAS_PROFILE"):
+        return maas.MaasClient.from_profile(os.environ["MAAS_PROFILE"])
+    raise MaasCredentialsError(
+        "uploading needs MAAS credentials, and none were given", url="",
+        hint="pass --profile NAME (from `maas login`), or --maas-url URL --api-key KEY, "
+             "or set MAAS_URL and MAAS_API_KEY")
+
+
+def build_spec(args: argparse.Namespace) -> BuildSpec:
+    """The :class:`~maas_chroot.build.BuildSpec` of ``maas-chroot build`` arguments."""
+    upload = None
+    if args.name:
+        # validate the name before anything touches the network or the disk
+        upload = Upload(client=_client(args), name=maas.validate_name(args.name),
+                        title=args.title, architecture=args.architecture,
+                        base_image=args.base_image)
+    return BuildSpec.create(
+        args.source, args.output,
+        packages=args.packages, remove=args.remove, purge=args.purge, upgrade=args.upgrade,
+        commands=args.commands, files=dict(args.files), apt_sources=args.apt_sources,
+        apt_key=args.apt_key, apt_proxy=args.apt_proxy, network=args.network,
+        sysprep=args.sysprep, sysprep_keep=args.sysprep_keep, workdir=args.workdir,
+        keep_rootfs=args.keep_rootfs, in_place=args.in_place, arch=args.arch, fmt=args.fmt,
+        stream=args.stream, mirror=args.mirror, keyring=args.keyring, verify=args.verify,
+        sha256=args.sha256, sums_url=args.sums_url, cache_dir=args.cache_dir,
+        variant=args.variant, include=args.include, level=args.level, upload=upload)
+
+
+def _build(args: argparse.Namespace) -> int:
+    print(repr(build(build_spec(args), progress=args.progress)))
+    return 0
+
+
+def _fetch_verb(args: argparse.Namespace) -> int:
+    plan = _resolve.plan(args.source, _resolve.SourceOptions(
+        arch=args.arch, fmt=args.fmt, stream=args.stream, mirror=args.mirror,
+        keyring=args.keyring, verify=args.verify, sha256=args.sha256, sums_url=args.sums_url))
+    if plan.image is None:
+        raise SourceError(f"nothing to fetch for {plan.describe()}",
+                          hint="fetch takes a release, a URL or a local file")
+    path = fetch(plan.image, cache_dir=args.cache_dir, verify=plan.verify, keyring=args.keyring,
+                 progress=args.progress)
+    print(os.fspath(path))
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    root = archive.extract(args.archive, args.dest, progress=args.progress)
+    print(os.fspath(root))
+    return 0
+
+
+def _shell(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    binds = []
+    for spec in args.bind:
+        src, sep, dst = spec.partition(":")
+        binds.append(chroot.Bind(src, dst if sep else src))
+    with chroot.Chroot(Path(args.root), network=args.network, binds=binds) as ch:
+        return ch.shell(cmd or None)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    compression, _ = archive.output_format(args.output)
+    if args.sysprep:
+        print(repr(sysprep(args.root, progress=args.progress)), file=sys.stderr)
+    res = archive.pack(args.root, args.output, compression=compression, level=args.level,
+                       threads=args.threads, progress=args.progress)
+    print(f"{os.fspath(res.path)}  {res.size} bytes  sha256 {res.sha256}")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    if not args.name:
+        raise UsageError("upload needs --name (e.g. --name custom/noble-custom)", PROG + " upload")
+    name = maas.validate_name(args.name)
+    client = _client(args)
+    res = client.upload(args.file, name=name, title=args.title, architecture=args.architecture,
+                        filetype=args.filetype, base_image=args.base_image,
+                        progress=args.progress)
+    print(repr(res))
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    report = chroot.recover(args.root)
+    print(f"{args.root}: nothing to recover" if report is None else repr(report))
+    return 0

@@ -1,0 +1,209 @@
+"""Scrub a rootfs so that every machine MAAS deploys from it is unique and clean.
+
+Operations are named in the style of virt-sysprep (see :data:`OPERATIONS`) and
+each can be skipped with ``keep=``. Safety rules, for every operation:
+
+* every path is resolved inside the root (``openat2(RESOLVE_IN_ROOT)`` via
+  :mod:`maas_chroot.rootfs`), so no symlink in the image, absolute or ``..``,
+  leads outside it;
+* the thing scrubbed is never followed: a symlink is removed as a link, never
+  truncated through, and a directory whose *contents* are cleared (``/tmp``,
+  ``/var/log``, apt lists) is left alone when it is itself a symlink, since
+  ``/tmp -> ../../..`` would otherwise name the whole image;
+* no directory on another filesystem is entered, and a root with anything
+  mounted below it, with a live :class:`~maas_chroot.Chroot` session, or with
+  the journal of a killed one, is refused; sysprep holds the session lock, so no
+  session can start on the root while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable
+
+from .. import progress as _progress
+from .. import rootfs
+from ..errors import MountedError, SysprepError
+from ..rootfs import lock as _rootlock
+from .report import SysprepItem, SysprepOperation, SysprepReport
+from .scrub import Scrub
+
+__all__ = ["OPERATIONS", "SysprepItem", "SysprepOperation", "SysprepReport", "sysprep"]
+
+log = logging.getLogger(__name__)
+
+FSTAB_HEADER = ("# /etc/fstab: static file system information.\n"
+                "# Emptied by maas_chroot.sysprep: MAAS (curtin) writes it at deploy time.\n")
+
+_PROXY_LINE = re.compile(r"^[^#\n]*\bAcquire::(?:https?|ftp|socks5h?)::Proxy\b[^\n]*\n?",
+                         re.IGNORECASE | re.MULTILINE)
+_ROOT_HOME = (".bash_history", ".cache", ".ssh", ".lesshst", ".python_history", ".viminfo",
+              ".wget-hsts")
+
+
+# --- the operations ----------------------------------------------------------------------
+
+
+def _machine_id(s: Scrub) -> None:
+    st = rootfs.lstat(s.root, "/etc/machine-id")
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        # Never truncate through a link: put an empty file in its place.
+        s.rewrite("/etc/machine-id", "", st, mode=0o444)
+        s.notes.append("/etc/machine-id was a symlink: replaced by an empty file")
+    else:
+        s.truncate("/etc/machine-id")
+    st = rootfs.lstat(s.root, "/var/lib/dbus/machine-id")
+    if st is not None and stat.S_ISREG(st.st_mode):  # a link to /etc/machine-id stays
+        s.remove("/var/lib/dbus/machine-id")
+
+
+def _cloud_init(s: Scrub) -> None:
+    for name in ("instance", "instances", "data", "sem"):
+        s.remove(f"/var/lib/cloud/{name}")
+    s.remove_glob("/var/log", "cloud-init*.log")
+
+
+def _fstab(s: Scrub) -> None:
+    # curtin replaces /etc/fstab at deploy time with its own (a header plus the entries of
+    # the machine's storage layout), so entries in the image are never used; the cloud
+    # image's LABEL=cloudimg-rootfs line, or a build's own, only mislead. Comments stay out.
+    found = s.read_regular("/etc/fstab")
+    if found is None:
+        return
+    text = found[0].decode("utf-8", "replace")
+    if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        s.rewrite("/etc/fstab", FSTAB_HEADER, found[1])
+
+
+def _apt_proxy(s: Scrub) -> None:
+    paths = ["/etc/apt/apt.conf"]
+    paths += [f"/etc/apt/apt.conf.d/{n}" for n in s.listdir("/etc/apt/apt.conf.d")]
+    for path in paths:
+        found = s.read_regular(path)
+        if found is None:
+            continue
+        text = found[0].decode("utf-8", "replace")
+        rest = _PROXY_LINE.sub("", text)
+        if rest == text:
+            continue
+        meaningful = [ln for ln in rest.splitlines()
+                      if ln.strip() and not ln.lstrip().startswith(("#", "//"))]
+        if meaningful:
+            s.rewrite(path, rest, found[1])
+        else:
+            s.remove(path)
+
+
+def _apt_lists(s: Scrub) -> None:
+    s.remove_glob("/var/lib/apt/lists", exclude=("partial", "lock"))
+    s.remove_glob("/var/lib/apt/lists/partial")
+
+
+def _apt_cache(s: Scrub) -> None:
+    s.remove_glob("/var/cache/apt/archives", "*.deb")
+    s.remove_glob("/var/cache/apt/archives/partial")
+    s.remove_glob("/var/cache/apt", "*.bin")
+
+
+def _tmp(s: Scrub) -> None:
+    s.remove_glob("/tmp")
+    s.remove_glob("/var/tmp")
+
+
+def _root_home(s: Scrub) -> None:
+    for name in _ROOT_HOME:
+        s.remove(f"/root/{name}")
+
+
+_OPS: dict[str, Callable[[Scrub], None]] = {
+    "machine-id": _machine_id,
+    "cloud-init": _cloud_init,
+    "netplan": lambda s: s.remove("/etc/netplan/50-cloud-init.yaml"),
+    "fstab": _fstab,
+    "ssh-hostkeys": lambda s: s.remove_glob("/etc/ssh", "ssh_host_*"),
+    "random-seed": lambda s: s.remove("/var/lib/systemd/random-seed"),
+    "apt-proxy": _apt_proxy,
+    "apt-lists": _apt_lists,
+    "apt-cache": _apt_cache,
+    "tmp": _tmp,
+    "logs": lambda s: s.truncate_tree("/var/log"),
+    "root-home": _root_home,
+}
+
+#: Every operation, in the order it runs; pass names to ``keep=`` to skip them.
+OPERATIONS: tuple[str, ...] = tuple(_OPS)
+
+
+def _inspect(s: Scrub) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
+    """(warnings, kernels, has cloud-init, has netplan): what MAAS needs from the image."""
+    warnings = []
+    cloud_init = any(s.exists(p) for p in ("/usr/bin/cloud-init", "/bin/cloud-init"))
+    netplan = any(s.exists(p) for p in ("/usr/sbin/netplan", "/sbin/netplan", "/usr/bin/netplan"))
+    if not cloud_init:
+        warnings.append("cloud-init is not installed: MAAS runs `cloud-init --version` in the "
+                        "target and fails the deployment; install the cloud-init package")
+    if not netplan:
+        warnings.append("netplan is not installed: MAAS runs `netplan info` in the target and "
+                        "fails the deployment; install the netplan.io package")
+    versions = {n.split("-", 1)[1] for n in s.listdir("/boot")
+                if n.startswith(("vmlinuz-", "vmlinux-")) and "-" in n}
+    versions.update(s.listdir("/lib/modules"))
+    return tuple(warnings), tuple(sorted(versions)), cloud_init, netplan
+
+
+def _check_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise SysprepError(f"sysprep: {root} is not a directory", root=root,
+                          hint="pass the directory a rootfs was extracted into")
+    mounted = rootfs.mounts_under(root)
+    if mounted:
+        raise MountedError(f"sysprep: something is mounted below {root} ({mounted[0]})",
+                           path=mounted[0], hint=f"umount -R {mounted[-1]} first")
+
+
+def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
+            progress: bool | None = None) -> SysprepReport:
+    """Scrub ``root`` for deployment by MAAS; return what was removed and what is missing.
+
+    ``keep`` names operations (from :data:`OPERATIONS`) to skip, e.g.
+    ``keep=("ssh-hostkeys", "logs")``. Nothing outside ``root`` is touched.
+    """
+    top = os.path.abspath(os.fspath(root))
+    kept = {keep} if isinstance(keep, str) else set(keep)
+    unknown = sorted(kept - set(OPERATIONS))
+    if unknown:
+        raise SysprepError(f"sysprep: unknown operation(s) in keep: {', '.join(unknown)}",
+                           root=top, hint=f"choose from: {', '.join(OPERATIONS)}")
+    _check_root(top)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_rootlock.exclusive(top, "sysprep"))  # no session starts meanwhile
+        rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        stack.callback(os.close, rootfd)
+        s = Scrub(top, rootfd)
+        results = []
+        with _progress.bar(progress, total=len(OPERATIONS), desc="sysprep", unit="op") as bar:
+            for name in OPERATIONS:
+                bar.set_postfix_str(name, refresh=False)
+                if name in kept:
+                    results.append(SysprepOperation(name, kept=True))
+                else:
+                    start = len(s.items)
+                    _OPS[name](s)
+                    results.append(SysprepOperation(name, tuple(s.items[start:])))
+                bar.update(1)
+        warnings, kernels, cloud_init, netplan = _inspect(s)
+    notes = list(dict.fromkeys(s.notes))  # one note per path, in order
+    if not kernels:
+        notes.append("no kernel is installed (no /boot/vmlinuz-*, no /lib/modules/*): "
+                     "MAAS (curtin) installs one at deploy time")
+    report = SysprepReport(top, tuple(results), warnings, tuple(notes), kernels, cloud_init,
+                           netplan)
+    log.info("sysprep %s: %d items, %s freed", top, len(report.items),
+             _progress.human_size(report.freed))
+    for w in warnings:
+        log.warning("sysprep %s: %s", top, w)
+    return report

@@ -1,0 +1,141 @@
+"""``bootstrap:<suite>`` sources: a fresh rootfs built with mmdebstrap from a mirror.
+
+This is the maas-image-builder route, for sites whose distribution mirror is
+their only source of images::
+
+    create(spec_for("bookworm"), "/srv/work/rootfs")        # the host's own mirror
+    create(spec_for("noble", mirror=URL,
+                    keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg"), "/srv/work/rootfs")
+
+The mirror defaults to the one the machine's apt already uses for that suite
+(:func:`maas_chroot.hostapt.host_mirror`); a suite the host's apt does not
+carry (an Ubuntu suite on a Debian host, say) needs ``mirror=``.
+
+mmdebstrap runs in ``unshare`` mode: as root that keeps the user namespace
+but gives mmdebstrap its own mount and PID namespaces, so the mounts it makes
+while installing packages can never be left behind on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import formats, rootfs, run
+from .. import progress as _progress
+from ..errors import CommandError, SourceError, tail
+from . import hostapt
+
+log = logging.getLogger(__name__)
+
+#: mmdebstrap variants accepted by :func:`bootstrap`.
+VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "important",
+            "standard")
+
+#: Build-time speed-ups for a directory target: dpkg without fsync (the disk is synced
+#: once, at pack time) and no translation indexes. mmdebstrap writes them into these
+#: files of the image, which create() removes afterwards.
+_FAST_OPTS = ("--dpkgopt=force-unsafe-io", '--aptopt=Acquire::Languages "none"')
+_FAST_FILES = ("/etc/dpkg/dpkg.cfg.d/99mmdebstrap", "/etc/apt/apt.conf.d/99mmdebstrap")
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """What to bootstrap: a suite from a mirror (see :func:`spec_for`)."""
+
+    suite: str
+    uri: str
+    components: tuple[str, ...] = ()
+    keyring: str | None = None
+    variant: str = "minbase"
+    include: tuple[str, ...] = ()
+    arch: str | None = None
+
+
+def spec_for(suite: str, *, mirror: str | None = None,
+             keyring: str | os.PathLike[str] | None = None,
+             components: Iterable[str] | None = None, variant: str = "minbase",
+             include: Iterable[str] = (), arch: str | None = None) -> BootstrapSpec:
+    """What to bootstrap, with the defaults filled in: the host's mirror, its components
+    and its keyring. Reads the host's apt configuration only."""
+    if variant not in VARIANTS:
+        raise SourceError(f"unknown mmdebstrap variant {variant!r}",
+                          hint=f"use one of: {', '.join(VARIANTS)}")
+    comps = tuple(components) if components is not None else ()
+    key = os.fspath(keyring) if keyring is not None else None
+    if mirror is None:
+        try:
+            host = hostapt.host_mirror(suite)
+        except SourceError as e:
+            distro = hostapt.os_release().get("ID", "this host")
+            raise SourceError(
+                f"cannot bootstrap {suite!r}: this machine's apt ({distro}) has no mirror "
+                f"carrying that suite",
+                hint=f"give a mirror for it: --mirror URL (with --keyring FILE for a "
+                     f"distribution other than {distro})",
+            ) from e
+        mirror = host.uri
+        comps = comps or host.components
+        key = key or host.signed_by
+    return BootstrapSpec(suite=suite, uri=mirror.rstrip("/"), components=comps or ("main",),
+                         keyring=key, variant=variant, include=tuple(include), arch=arch)
+
+
+def is_directory_target(target: str | os.PathLike[str]) -> bool:
+    """mmdebstrap writes a directory unless the name says archive."""
+    return not os.fspath(target).lower().endswith(formats.ARCHIVE_SUFFIXES)
+
+
+def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
+    """The mmdebstrap command line for ``spec`` writing ``target`` (a directory or a tarball)."""
+    args = ["mmdebstrap", "--mode=unshare", f"--variant={spec.variant}",
+            "--components=" + ",".join(spec.components)]
+    if spec.keyring:
+        args.append(f"--keyring={spec.keyring}")
+    if spec.include:
+        args.append("--include=" + ",".join(spec.include))
+    if spec.arch:
+        args.append(f"--architectures={spec.arch}")
+    if is_directory_target(target):
+        args += _FAST_OPTS
+    return [*args, spec.suite, os.fspath(target), spec.uri]
+
+
+def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
+           progress: bool | None = None) -> Path:
+    """Run mmdebstrap for a spec from :func:`spec_for` into ``dest``; return its path.
+
+    With progress on a terminal, mmdebstrap draws its own progress bars there;
+    otherwise it runs quietly and its error output goes into the exception.
+    """
+    target = Path(os.fspath(dest))
+    if target.is_dir() and any(target.iterdir()):
+        raise SourceError(f"cannot bootstrap into {target}: the directory is not empty",
+                          hint="give a new or empty directory")
+    if shutil.which("mmdebstrap", path=run.DEFAULT_PATH) is None:
+        raise SourceError("bootstrap sources need mmdebstrap, which is not installed",
+                          hint="apt-get install mmdebstrap")
+    log.info("bootstrapping %s (%s) from %s into %s", spec.suite, spec.variant, spec.uri, target)
+    args = argv(spec, target)
+    live = _progress.enabled(progress) and sys.stderr.isatty()
+    try:
+        if live:
+            run.run(args, interactive=True)
+        else:
+            run.run([*args[:1], "--quiet", *args[1:]])
+    except CommandError as e:
+        detail = f":\n{tail(e.stderr, 8)}" if e.stderr else " (its output is above)"
+        raise SourceError(
+            f"mmdebstrap could not bootstrap {spec.suite!r} from {spec.uri}{detail}",
+            hint="check the suite name and the mirror (and --keyring for a foreign "
+                 "distribution); -v shows the full mmdebstrap output",
+        ) from e
+    if is_directory_target(target):
+        for path in _FAST_FILES:  # ours alone: mmdebstrap made them from _FAST_OPTS
+            rootfs.unlink(target, path)
+    return target
