@@ -30,13 +30,17 @@ class ArgumentError(MaasChrootError, TypeError, ValueError):
     list is needed, an empty list). Also a TypeError and a ValueError, as Python's own."""
 
 
-class MountedError(MaasChrootError):
-    """A tree cannot be removed or scrubbed safely: something is mounted at or below it,
-    or it reaches into another filesystem. ``path`` names where."""
+class PathError(MaasChrootError):
+    """Something is wrong with a host path (``path`` names it); see the subclasses."""
 
     def __init__(self, message: str, *, path: str | os.PathLike[str], hint: str | None = None):
         super().__init__(message, hint=hint)
         self.path = os.fspath(path)
+
+
+class MountedError(PathError):
+    """A tree cannot be removed or scrubbed safely: something is mounted at or below it,
+    or it reaches into another filesystem. ``path`` names where."""
 
 
 class PrivilegeError(MaasChrootError):
@@ -66,12 +70,8 @@ class VerificationError(FetchError):
     """A download did not match its checksum or signature; it has been deleted."""
 
 
-class ArchiveError(MaasChrootError):
+class ArchiveError(PathError):
     """An archive could not be read or written. ``path`` names it."""
-
-    def __init__(self, message: str, *, path: str | os.PathLike[str], hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.path = os.fspath(path)
 
 
 class UnsafeArchiveError(ArchiveError):
@@ -135,12 +135,8 @@ class UnsafePathError(ChrootError):
     """A path would resolve outside the root (through ``..`` or a symlink)."""
 
 
-class SysprepError(MaasChrootError):
+class SysprepError(ChrootError):
     """sysprep() was given something it cannot scrub (``root`` names it)."""
-
-    def __init__(self, message: str, *, root: str | os.PathLike[str], hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.root = os.fspath(root)
 
 
 class MaasApiError(MaasChrootError):

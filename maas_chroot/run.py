@@ -74,8 +74,7 @@ def run(
     :class:`CommandError`) unless ``interactive`` hands the terminal to the
     command. ``env`` is added to :func:`clean_env`, never to ``os.environ``.
     """
-    args = as_argv(argv)
-    log.debug("+ %s", shlex.join(args))
+    args = _announce(argv)
     stdin: int | None
     if interactive:
         stdin, stdout, stderr = None, None, None
@@ -86,23 +85,11 @@ def run(
     if isinstance(input, str) and not text:
         input = input.encode()
     try:
-        proc = subprocess.run(  # noqa: S603 - argv list, no shell
-            args,
-            input=input,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            env=clean_env(env),
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            text=text,
-            errors="replace" if text else None,
-            pass_fds=tuple(pass_fds),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as e:
-        raise CommandError(args, 127, message=f"command not found: {args[0]!r}",
-                           hint=f"install the package that provides {args[0]!r}") from e
+        with _found(args):
+            proc = subprocess.run(  # noqa: S603 - argv list, no shell
+                args, input=input, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+                errors="replace" if text else None, timeout=timeout, check=False,
+                **_process_options(env, cwd, pass_fds))
     except subprocess.TimeoutExpired as e:
         raise CommandError(args, -1, message=f"command timed out after {timeout}s: "
                                              f"{shlex.join(args)}") from e
@@ -130,22 +117,11 @@ def spawn(
     If the body raises, the process is terminated (then killed) before the
     exception propagates. The caller checks ``returncode`` (see :func:`check_exit`).
     """
-    args = as_argv(argv)
-    log.debug("+ %s", shlex.join(args))
-    try:
+    args = _announce(argv)
+    with _found(args):
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
-            args,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            env=clean_env(env),
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            pass_fds=tuple(pass_fds),
-            text=text,
-        )
-    except FileNotFoundError as e:
-        raise CommandError(args, 127, message=f"command not found: {args[0]!r}",
-                           hint=f"install the package that provides {args[0]!r}") from e
+            args, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+            **_process_options(env, cwd, pass_fds))
     try:
         yield proc
     except BaseException:
@@ -161,6 +137,30 @@ def spawn(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 _stop(proc)
+
+
+def _announce(argv: Sequence[Arg]) -> list[str]:
+    """The checked argv, logged as ``+ cmd``."""
+    args = as_argv(argv)
+    log.debug("+ %s", shlex.join(args))
+    return args
+
+
+def _process_options(env: Mapping[str, str] | None, cwd: Arg | None,
+                     pass_fds: Sequence[int]) -> dict[str, Any]:
+    """What every process gets: the clean environment, a working directory, the fds."""
+    return {"env": clean_env(env), "cwd": os.fspath(cwd) if cwd is not None else None,
+            "pass_fds": tuple(pass_fds)}
+
+
+@contextlib.contextmanager
+def _found(args: list[str]) -> Iterator[None]:
+    """A missing program is a :class:`CommandError` with exit code 127, as in a shell."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise CommandError(args, 127, message=f"command not found: {args[0]!r}",
+                           hint=f"install the package that provides {args[0]!r}") from e
 
 
 def check_exit(proc: subprocess.Popen[Any], stderr: str | bytes | None = None,

@@ -44,13 +44,9 @@ from . import aptstatus as _aptprogress
 log = logging.getLogger(__name__)
 
 #: The environment of every apt/dpkg command: never a prompt, never a pager.
-APT_ENV = {
-    "DEBIAN_FRONTEND": "noninteractive",
-    "DEBCONF_NONINTERACTIVE_SEEN": "true",
-    "APT_LISTCHANGES_FRONTEND": "none",
-    "APT_LISTBUGS_FRONTEND": "none",
-    "NEEDRESTART_SUSPEND": "1",
-}
+APT_ENV = dict(DEBIAN_FRONTEND="noninteractive", DEBCONF_NONINTERACTIVE_SEEN="true",
+               APT_LISTCHANGES_FRONTEND="none", APT_LISTBUGS_FRONTEND="none",
+               NEEDRESTART_SUSPEND="1")
 #: Where :meth:`Apt.set_proxy` writes the build proxy inside the image.
 PROXY_FILE = "/etc/apt/apt.conf.d/00maas-chroot-proxy"
 KEYRING_DIR = "/etc/apt/keyrings"

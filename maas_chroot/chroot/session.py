@@ -29,9 +29,8 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Any, Literal, overload
 
 from .. import rootfs
@@ -43,10 +42,12 @@ from . import checks as _checks
 from . import copyin as _copyin
 from . import journal as _journal
 from . import netns as _netns
+from . import signals as _signals
 from .apt import Apt
 from .checks import Bind, Binds
+from .recovery import replay
 
-__all__ = ["Bind", "Chroot", "RecoverReport", "Terminated", "recover"]
+__all__ = ["Bind", "Chroot", "Network"]
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +61,6 @@ CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8", "PATH": _r
               "SYSTEMD_OFFLINE": "1", "HOME": "/root"}
 
 Network = Literal["host", "none"]
-
-
-@dataclass(frozen=True)
-class RecoverReport:
-    """What :func:`recover` put back in a root a killed session had left behind."""
-
-    root: Path
-    session_pid: int
-    undone: tuple[str, ...]
-
-    def __str__(self) -> str:
-        lines = [f"recovered {self.root} (session pid {self.session_pid}):"]
-        return "\n".join(lines + [f"  {line}" for line in self.undone])
-
-
-class Terminated(SystemExit):
-    """SIGTERM arrived during a session; raised so the session unwinds (exit status 143)."""
 
 
 class Chroot:
@@ -124,10 +108,10 @@ class Chroot:
             raise ChrootError("this session is already active", root=self._root)
         stack = contextlib.ExitStack()
         try:
-            with _signals_deferred():
+            with _signals.deferred():
                 self._setup(stack)
         except BaseException:
-            with _signals_deferred():
+            with _signals.deferred():
                 stack.close()
             raise
         self._stack = stack
@@ -137,7 +121,7 @@ class Chroot:
                  tb: TracebackType | None) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
-            with _signals_deferred():
+            with _signals.deferred():
                 stack.close()
 
     def _setup(self, stack: contextlib.ExitStack) -> None:
@@ -151,7 +135,7 @@ class Chroot:
                     "before it could clean up", root=root,
                     hint=f"run mc.recover({root!r}) or `maas-chroot recover {root}`, or pass "
                          "Chroot(..., recover=True)")
-            log.warning("%s", _replay(root, stale))
+            log.warning("%s", replay(root, stale))
         journal = _journal.Journal(root)
         stack.callback(self._finish, journal)  # runs last: the journal goes once all is undone
         journal.save()
@@ -176,7 +160,7 @@ class Chroot:
             if threading.current_thread() is threading.main_thread():
                 old = signal.getsignal(signal.SIGTERM)
                 stack.callback(signal.signal, signal.SIGTERM, old)
-                signal.signal(signal.SIGTERM, _raise_terminated)
+                signal.signal(signal.SIGTERM, _signals.raise_terminated)
         finally:
             self._stack = None
 
@@ -375,26 +359,7 @@ class Chroot:
         file source; a directory source is merged into an existing directory ``dest``.
         """
         self._active()
-        root = str(self._root)
-        src, dst = os.fspath(host_src), _checks.inroot(dest)
-        try:
-            st = os.stat(src)
-        except OSError as e:
-            raise ChrootError(f"cannot copy {src} into {root}: {e.strerror}", root=root,
-                              hint="give an existing host file or directory") from None
-        there = _stat_in(root, dst)
-        if stat.S_ISDIR(st.st_mode) and there and not stat.S_ISDIR(there):
-            raise ChrootError(f"cannot copy the directory {src} onto {dst} in {root}: it "
-                              "exists and is not a directory", root=root,
-                              hint=f"remove {dst} in the image first, or copy into {dst}/...")
-        if dst.endswith("/") or (stat.S_ISREG(st.st_mode) and stat.S_ISDIR(there)):
-            dst = f"{dst.rstrip('/')}/{os.path.basename(src.rstrip('/'))}"
-        if stat.S_ISDIR(st.st_mode):
-            _copyin.copy_tree(root, src, dst)
-        elif stat.S_ISREG(st.st_mode):
-            _copyin.copy_file(root, src, dst, stat.S_IMODE(st.st_mode) if mode is None else mode)
-        else:
-            raise ChrootError(f"cannot copy {src}: not a regular file or directory", root=root)
+        _copyin.copy_in(str(self._root), os.fspath(host_src), _checks.inroot(dest), mode)
 
     def temporary_file(self, path: str | os.PathLike[str], data: str | bytes, *,
                        mode: int = 0o644) -> None:
@@ -426,56 +391,3 @@ class Chroot:
 
 def _text(data: str | bytes | None) -> str | None:
     return data.decode(errors="replace") if isinstance(data, bytes) else data
-
-
-def _stat_in(root: str, path: str) -> int:
-    """The file type bits of ``path`` resolved inside the root (symlinks followed), 0 if none."""
-    try:
-        fd = rootfs.open_in_root(root, path.rstrip("/") or "/", os.O_PATH)
-    except OSError:
-        return 0
-    try:
-        return os.fstat(fd).st_mode
-    finally:
-        os.close(fd)
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(128 + signum)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a session sets up or restores (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _replay(root: str, journal: _journal.Journal) -> RecoverReport:
-    done = [_journal.undo(root, action) for action in reversed(journal.actions)]
-    journal.remove()
-    return RecoverReport(Path(root), journal.pid, tuple(done))
-
-
-def recover(root: str | os.PathLike[str]) -> RecoverReport | None:
-    """Undo what a killed session left in ``root`` (from its journal); None if nothing to do.
-
-    Refuses with :class:`ChrootBusyError` while a live session holds the root.
-    """
-    if os.geteuid() != 0:
-        raise PrivilegeError("recover() needs root to restore files owned by root",
-                             hint="run as root, e.g. with sudo")
-    real = str(_checks.check_root(root))
-    with _rootlock.locked(real, purpose="recovery"):
-        journal = _journal.load(real)
-        if journal is None:
-            return None
-        report = _replay(real, journal)
-    log.info("%s", report)
-    return report

@@ -16,8 +16,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import chroot
 from ..archive import archiving as archive
-from ..chroot import session as chroot
 from ..customise.scrubbing import sysprep
 from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
 from ..maas import client as maas
@@ -125,7 +125,7 @@ def _client(args: argparse.Namespace) -> maas.MaasClient:
 
 
 def build_spec(args: argparse.Namespace) -> BuildSpec:
-    """The :class:`~maas_chroot.build.BuildSpec` of ``maas-chroot build`` arguments."""
+    """The :class:`~maas_chroot.pipeline.BuildSpec` of ``maas-chroot build`` arguments."""
     upload = None
     if args.name:
         # validate the name before anything touches the network or the disk

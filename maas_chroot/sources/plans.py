@@ -91,12 +91,12 @@ class SourceOptions:
     fmt: str = "squashfs"
     stream: str = "release"
     mirror: str | None = None
+    variant: str = "minbase"
     keyring: Path | None = None
     verify: Verify | None = None
     sha256: str | None = None
     sums_url: str | None = None
     cache_dir: Path | None = None
-    variant: str = "minbase"
     include: tuple[str, ...] = ()
 
 
