@@ -4,7 +4,7 @@ Usage (as root; scripts/bench sets up the venv first):
     python scripts/bench.py [--rounds 3] [--only small|big] [--work DIR]
 
 Two real Debian rootfs trees, built once per machine with mmdebstrap (see
-tests/conftest.py): the minbase one, and a larger one with a few hundred MB of
+tests/fixtures.py): the minbase one, and a larger one with a few hundred MB of
 packages. For each, in one run on this machine:
 
 - extract() vs ``tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf`` (tar.xz input)
@@ -34,7 +34,7 @@ TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP / "tests"))
 sys.path.insert(0, str(TOP))
 
-from conftest import CACHE, build_minbase  # noqa: E402
+from fixtures import CACHE, build_minbase  # noqa: E402
 
 from maas_chroot import rootfs  # noqa: E402
 

@@ -62,7 +62,7 @@ def main() -> int:
     root = args.root
     if root is None:
         sys.path.insert(0, str(REPO / "tests"))
-        from conftest import CACHE, build_minbase, gnu_extract
+        from fixtures import CACHE, build_minbase, gnu_extract
 
         tmp = tempfile.mkdtemp(prefix="mc-bench-")
         root = Path(tmp) / "root"

@@ -1,29 +1,21 @@
-"""Shared fixtures: a real Debian minbase rootfs, built once per machine, and host-safety guards.
+"""pytest fixtures: a real Debian minbase rootfs (built once per machine), and host-safety guards.
 
-The rootfs tarball is built with mmdebstrap from the mirror the machine's apt
-already uses (read from /etc/apt, never named here) and cached under the
-user's cache dir, so it is built once per machine.
+The helpers they use (and that tests import) live in ``fixtures.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
-import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
+from fixtures import CACHE, IS_ROOT, build_minbase, gnu_extract
 
 from maas_chroot import rootfs
-from maas_chroot.sources import hostapt
-
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maas-chroot-tests"
-IS_ROOT = os.geteuid() == 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,32 +73,6 @@ def host_stays_clean(tmp_path: Path) -> Iterator[None]:
     assert not stray, f"test left processes chrooted under {basetemp}: {stray}"
 
 
-def _mirror() -> hostapt.AptSource:
-    return hostapt.host_mirror()
-
-
-def build_minbase(dest: Path, *, include: tuple[str, ...] = (), suite: str | None = None) -> Path:
-    """Build (once, under a lock) a minbase rootfs tarball with mmdebstrap; return its path."""
-    src = hostapt.host_mirror(suite)
-    suite = src.suites[0]
-    key = hashlib.sha256(f"{src.uri} {suite} {sorted(include)}".encode()).hexdigest()[:12]
-    out = dest / f"minbase-{suite}-{key}.tar"
-    dest.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if out.exists():
-            return out
-        tmp = out.with_suffix(".tar.part")
-        argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
-        if include:
-            argv.append("--include=" + ",".join(include))
-        if src.signed_by:
-            argv.append(f"--keyring={src.signed_by}")
-        argv += [suite, str(tmp), src.uri]
-        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
-        tmp.rename(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def minbase_tar() -> Path:
     """A real Debian minbase rootfs as an uncompressed tar (cached per machine)."""
@@ -115,33 +81,6 @@ def minbase_tar() -> Path:
     if shutil.which("mmdebstrap") is None:
         pytest.skip("mmdebstrap is not installed (scripts/test installs it)")
     return build_minbase(CACHE)
-
-
-def gnu_extract(tarball: Path, dest: Path) -> None:
-    """Extract with GNU tar and curtin's flags: the independent oracle."""
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-                    "-Sxpf", str(tarball), "-C", str(dest)], check=True)
-
-
-def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything about a tree except times: type, mode, owner, content/target/device."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            meta: tuple[object, ...] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                                        st.st_uid, st.st_gid)
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    meta += (hashlib.sha256(f.read()).hexdigest(),)
-            elif stat.S_ISLNK(st.st_mode):
-                meta += (os.readlink(p),)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                meta += (st.st_rdev,)
-            out[os.path.relpath(p, root)] = meta
-    return out
 
 
 @pytest.fixture(scope="module")

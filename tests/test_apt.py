@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aptrepo import DebSpec, make_deb, make_key, serve_proxy, serve_repo
-from conftest import gnu_extract
+from fixtures import gnu_extract
+from servers.aptrepo import DebSpec, make_deb, make_key, serve_proxy, serve_repo
 
 from maas_chroot import Chroot, recover, rootfs, sysprep
 from maas_chroot import run as _run

@@ -11,21 +11,25 @@ import gzip
 import hashlib
 import io
 import os
+import random
 import signal
 import stat
 import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import gnu_extract
+from fixtures import deep_tree, gnu_extract, open_fds, paused_in_thread, rm_deep
 
+import maas_chroot as mc
 from maas_chroot import archive, rootfs
 from maas_chroot.archive import archiving
+from maas_chroot.archive.compress import HashingFile, ProcessStream
 from maas_chroot.errors import ArchiveError, ChrootBusyError
 
 pytestmark = pytest.mark.root
@@ -518,3 +522,102 @@ def test_minbase_round_trip(minbase_tar: Path, tmp_path: Path) -> None:
     assert_same(tree(back), want)
     for d in (ours, tmp_path / "gnu", back):
         rootfs.remove_tree(d)
+
+
+def _text_tree(root: Path) -> Path:
+    """~12 MB of compressible, non-repeating text: many gzip blocks, several xz blocks."""
+    rng = random.Random(7)
+    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
+             for _ in range(5000)]
+    root.mkdir()
+    for i in range(3):
+        data = b" ".join(rng.choices(words, k=700_000))
+        (root / f"f{i}.txt").write_bytes(data)
+        os.utime(root / f"f{i}.txt", (0, 0))
+    os.utime(root, (0, 0))
+    return root
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz"])
+def test_pack_bytes_do_not_depend_on_the_thread_count(tmp_path: Path, compression: str) -> None:
+    root = _text_tree(tmp_path / "root")
+    digests = {
+        n: archive.pack(root, tmp_path / f"out.{n}", compression=compression, level=1,
+                        threads=n, progress=False).sha256
+        for n in (1, 2, 4)}
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_pack_round_trips_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    depth = 1500  # ./d/d/.../f: 3,000 bytes, under PATH_MAX for GNU tar's extraction
+    assert depth > sys.getrecursionlimit()
+    top = deep_tree(tmp_path / "deep", depth)
+    back = tmp_path / "back"
+    try:
+        fds = open_fds()
+        out = archive.pack(top, tmp_path / "deep.tgz", progress=False).path
+        assert open_fds() == fds
+        gnu_extract(out, back)
+        level = os.open(back, os.O_RDONLY | os.O_DIRECTORY)
+        for i in range(depth):
+            assert sorted(os.listdir(level)) == ["d", "f"]
+            with open(os.open("f", os.O_RDONLY, dir_fd=level), "rb") as f:
+                assert f.read() == b"%d\n" % i
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=level)
+            os.close(level)
+            level = sub
+        assert os.listdir(level) == []
+        os.close(level)
+    finally:
+        rm_deep(back)
+        rm_deep(top)
+
+
+class _SlowFile(HashingFile):
+    """A HashingFile whose writes take a while, so the pump thread is caught in one."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.started = threading.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.started.set()
+        time.sleep(0.3)
+        return super().write(data)
+
+
+def test_aborting_a_compressor_stream_stops_its_pump_before_returning(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        raw = _SlowFile(fd)
+        stream = ProcessStream(["cat"], raw, str(tmp_path / "out"))
+        stream.write(b"x" * (256 << 10))
+        assert raw.started.wait(10)
+        stream.abort()
+        # Nothing may write to fd once abort() returned: the caller closes it next.
+        assert not stream._pump.is_alive()
+        assert stream.proc.returncode is not None
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+def test_pack_and_a_session_exclude_each_other(minbase_root: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from maas_chroot import archive
+
+    busy = r"cannot start pack: .* in use by pid \d+ \(a chroot session\)"
+    with mc.Chroot(minbase_root), pytest.raises(mc.ChrootBusyError, match=busy):
+        archive.pack(minbase_root, tmp_path / "live.tgz", progress=False)
+    assert not (tmp_path / "live.tgz").exists()
+
+    out = tmp_path / "img.tgz"
+    with (paused_in_thread(monkeypatch, archiving._mktar, "write_tree",
+                            lambda: archive.pack(minbase_root, out, progress=False)) as result,
+          pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(pack\)"),
+          mc.Chroot(minbase_root)):
+        pass
+    assert isinstance(result[0], archive.PackResult)
+    names = subprocess.run(["tar", "-tzf", str(out)], check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert "./usr/sbin/policy-rc.d" not in names and f"./{rootfs.JOURNAL_NAME}" not in names

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
+from fixtures import tree_state
 
 import maas_chroot as mc
 from maas_chroot import rootfs
+from maas_chroot.chroot import journal as _journal
 from maas_chroot.rootfs import inroot
 from maas_chroot.sources import hostapt
 
@@ -610,3 +611,129 @@ def test_helper_resolves_mount_points_inside_the_root(tmp_path: Path, openat2: b
     assert os.listdir(outside) == []
     assert (root / str(outside).lstrip("/") / "new/point").is_dir()
     assert (root / "real/file-point").is_file()
+
+
+@pytest.mark.parametrize(("link", "bind_dst"), [
+    ("/nowhere", "/mnt/data"),       # dangling, on the path to the mount point
+    ("/nowhere", "/mnt"),            # dangling leaf
+    ("/etc/hostname", "/mnt/data"),  # resolves, but to a file where a directory is needed
+    ("/mnt", "/mnt"),                # a loop
+])
+@pytest.mark.root
+def test_unusable_symlink_at_a_mount_point_is_refused_untouched(
+        minbase_root: Path, tmp_path: Path, link: str, bind_dst: str) -> None:
+    (minbase_root / "mnt").rmdir()
+    (minbase_root / "mnt").symlink_to(link)
+    data = tmp_path / "data"
+    data.mkdir()
+    before = tree_state(minbase_root)
+    with (pytest.raises(mc.ChrootError, match="cannot make the mount point") as e,
+          mc.Chroot(minbase_root, binds={data: bind_dst})):
+        pass
+    assert "/mnt" in e.value.message and e.value.hint
+    assert tree_state(minbase_root) == before
+    assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
+    assert mc.recover(minbase_root) is None
+
+
+@pytest.mark.root
+def test_recover_completes_when_a_journaled_mkdir_is_no_longer_a_directory(
+        minbase_root: Path) -> None:
+    (minbase_root / "mnt").rmdir()
+    (minbase_root / "mnt").symlink_to("/nowhere")          # became a dangling symlink
+    (minbase_root / "srv").rmdir()
+    (minbase_root / "srv").symlink_to("/etc")               # a symlink to a directory
+    (minbase_root / "opt").rmdir()
+    (minbase_root / "opt").write_text("a file\n")           # parent is now a file: ENOTDIR
+    j = _journal.Journal(str(minbase_root), pid=999999)
+    for p in ("/mnt", "/srv", "/opt/x", "/gone"):
+        j.add_mkdir(p)
+    before = tree_state(minbase_root)
+    del before[rootfs.JOURNAL_NAME]
+    report = mc.recover(minbase_root)
+    assert report is not None and len(report.undone) == 4
+    assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
+    assert tree_state(minbase_root) == before
+    assert (minbase_root / "etc" / "hostname").exists()
+
+
+@pytest.mark.root
+def test_copy_in_missing_source_and_into_directories(shared_root: Path, tmp_path: Path) -> None:
+    f = tmp_path / "app.conf"
+    f.write_text("app\n")
+    tree_src = tmp_path / "tree"
+    (tree_src / "sub").mkdir(parents=True)
+    (tree_src / "sub" / "b").write_text("b\n")
+    try:
+        with mc.Chroot(shared_root) as ch:
+            with pytest.raises(mc.ChrootError, match="cannot copy /missing") as e:
+                ch.copy_in("/missing", "/etc/x")
+            assert e.value.hint
+            assert not (shared_root / "etc/x").exists()
+            ch.copy_in(f, "/etc/")                      # an existing directory, with a slash
+            ch.copy_in(f, "/srv")                       # an existing directory, no slash
+            ch.copy_in(f, "/opt/newdir/")               # a new directory
+            ch.copy_in(tree_src, "/opt/trees/")         # a tree into a new directory
+            with pytest.raises(mc.ChrootError, match="not a directory"):
+                ch.copy_in(tree_src, "/etc/app.conf")   # a tree onto a file
+        assert (shared_root / "etc/app.conf").read_text() == "app\n"
+        assert (shared_root / "srv/app.conf").read_text() == "app\n"
+        assert (shared_root / "opt/newdir").is_dir()
+        assert (shared_root / "opt/newdir/app.conf").read_text() == "app\n"
+        assert (shared_root / "opt/trees/tree/sub/b").read_text() == "b\n"
+    finally:
+        for p in ("etc/app.conf", "srv/app.conf"):
+            (shared_root / p).unlink(missing_ok=True)
+        for p in ("opt/newdir", "opt/trees"):
+            if (shared_root / p).is_dir():
+                rootfs.remove_tree(shared_root / p)
+            else:
+                (shared_root / p).unlink(missing_ok=True)
+
+
+@pytest.mark.root
+def test_run_passes_bytes_input_through_in_binary_mode(shared_root: Path) -> None:
+    data = bytes(range(256)) * 4
+    with mc.Chroot(shared_root) as ch:
+        out = ch.run(["cat"], input=data, capture=True)
+        assert out.stdout == data and isinstance(out.stderr, bytes)
+        text = ch.run(["cat"], input="héllo\n", capture=True)
+        assert text.stdout == "héllo\n"
+        with pytest.raises(mc.CommandError) as e:
+            ch.run(["sh", "-c", "cat >&2; exit 3"], input=b"\xffbad\n")
+        assert e.value.returncode == 3 and isinstance(e.value.stderr, str)
+        assert "bad" in e.value.stderr
+
+
+def _children(name: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("PPid:"))
+        if ppid == os.getpid() and name.encode() in cmdline:
+            out.append(int(entry))
+    return out
+
+
+def _blocked(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("SigBlk:")), 16)
+
+
+@pytest.mark.root
+def test_netns_holder_does_not_block_sigterm_or_sigint(shared_root: Path) -> None:
+    deaf = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+    with mc.Chroot(shared_root, network="none") as ch:
+        holders = _children("netns")
+        assert len(holders) == 1
+        assert _blocked(holders[0]) & deaf == 0
+        assert ch.run(["true"]).returncode == 0
+    assert _children("netns") == []

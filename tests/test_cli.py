@@ -14,25 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures import curtin_extract
+from servers.aptrepo import DebSpec, serve_proxy, serve_repo
+from servers.maas import serve
 
 from maas_chroot import cli, rootfs
 from maas_chroot.cli import verbs
 from maas_chroot.maas import Upload
 from maas_chroot.pipeline import BuildResult, BuildSpec
-from tests.aptrepo import DebSpec, serve_proxy, serve_repo
-from tests.maas_server import serve
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --install jq "
         "--install tree -o focal-custom.tgz --upload custom/focal-custom "
         "--title 'Ubuntu 20.04 Custom Image'")
-
-
-def curtin_extract(tarball: Path, target: Path) -> None:
-    """What curtin runs at deploy time (curtin/commands/extract.py), flags verbatim."""
-    target.mkdir()
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-Sxpf", str(tarball),
-                    "--numeric-owner", "-C", str(target)], check=True)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
@@ -283,7 +277,7 @@ def test_seed_procedure_against_a_local_cloud_images_site(minbase_tar: Path,
                                                           tmp_path: Path) -> None:
     """The seed one-liner, verbatim but for emacs-nox (large) and the site's mirror and key:
     release -> signed SHA256SUMS -> root.tar.xz -> upgrade + install -> TGZ -> MAAS."""
-    from tests.cloudimages import serve_cloud_images
+    from servers.cloudimages import serve_cloud_images
 
     argv = shlex.split(SEED.replace("--install emacs-nox ", ""))
     with serve_cloud_images(tmp_path, rootfs_tar=minbase_tar, releases=("focal",),
@@ -313,7 +307,7 @@ def test_seed_procedure_against_a_local_cloud_images_site(minbase_tar: Path,
 
 @pytest.mark.root
 def test_verbs_extract_shell_pack_upload_recover_fetch(minbase_tar: Path, tmp_path: Path) -> None:
-    from tests.cloudimages import serve_cloud_images
+    from servers.cloudimages import serve_cloud_images
 
     root, out = tmp_path / "root", tmp_path / "img.tgz"
     proc = run_cli("extract", str(minbase_tar), str(root), "--no-progress")

@@ -25,12 +25,12 @@ import pytest
 import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT, Client
 from requests_oauthlib import OAuth1
+from servers.maas import FakeMaas, serve
 
 from maas_chroot import maas as mm
 from maas_chroot.errors import ArchiveError, ImageNameError, MaasApiError
 from maas_chroot.maas import api as _maasapi
 from maas_chroot.maas import names
-from tests.maas_server import FakeMaas, serve
 
 MiB = 1 << 20
 

@@ -6,16 +6,22 @@ component walk that replaces it on old kernels (forced by ``_have_openat2 = Fals
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures import deep_tree, open_fds, rm_deep
 
+import maas_chroot as mc
 from maas_chroot import MountedError, UnsafePathError, rootfs
 from maas_chroot.rootfs import inroot
+from maas_chroot.rootfs import lock as _rootlock
+from maas_chroot.rootfs import walk as _fdwalk
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -168,3 +174,124 @@ def test_remove_tree_never_follows_symlinks(tmp_path: Path) -> None:
     rootfs.remove_tree(tree)  # missing_ok
     with pytest.raises(FileNotFoundError):
         rootfs.remove_tree(tree, missing_ok=False)
+
+
+def test_remove_tree_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    depth = 2000
+    assert depth > sys.getrecursionlimit()
+    top = deep_tree(tmp_path / "deep", depth)
+    fds = open_fds()
+    try:
+        rootfs.remove_tree(top)
+        assert not top.exists()
+        assert open_fds() == fds
+    finally:
+        rm_deep(top)
+
+
+@pytest.mark.parametrize("opened_before", [True, False],
+                         ids=["after-a-successful-openat2", "as-the-first-call"])
+def test_an_eperm_from_an_immutable_file_is_the_real_error_and_keeps_openat2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened_before: bool) -> None:
+    if inroot.SYS_OPENAT2 is None:
+        pytest.skip("no openat2 on this architecture")
+    monkeypatch.setattr(inroot, "_have_openat2", None)  # as in a fresh process
+    if opened_before:
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "hostname").write_text("a\n")
+        os.close(rootfs.open_in_root(tmp_path, "/etc/hostname", os.O_RDONLY))
+        assert inroot._have_openat2 is True
+    (tmp_path / "locked").write_text("b\n")
+    subprocess.run(["chattr", "+i", str(tmp_path / "locked")], check=True)
+    try:
+        with pytest.raises(PermissionError):
+            rootfs.open_in_root(tmp_path, "/locked", os.O_WRONLY)
+        # The EPERM of an immutable file does not switch the process to the slow walk.
+        assert inroot._have_openat2 is True
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "locked")], check=True)
+
+
+def test_remove_tree_of_a_symlink_with_a_trailing_slash_keeps_the_target(tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep").write_text("k\n")
+    (tmp_path / "link").symlink_to("target")
+    rootfs.remove_tree(f"{tmp_path}/link/")
+    assert not os.path.lexists(tmp_path / "link")
+    assert (tmp_path / "target" / "keep").read_text() == "k\n"
+
+
+def test_a_walk_stops_when_a_closed_ancestor_was_moved(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fdwalk, "KEEP", 1)  # only the deepest directory stays open
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    top = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with _fdwalk.DirStack(top, str(tmp_path)) as dirs:
+            for name in ("a", "b", "c"):
+                dirs.push(name, os.stat(name, dir_fd=dirs.fd, follow_symlinks=False))
+            assert dirs.where == f"{tmp_path}/a/b/c"
+            os.rename(tmp_path / "a" / "b" / "c", tmp_path / "elsewhere" / "c")
+            with pytest.raises(OSError) as err:
+                dirs.pop()  # b's fd was closed; c's ".." is now "elsewhere"
+            assert err.value.errno == errno.ESTALE
+        # the walk closed what it opened, and never the caller's fd
+        os.fstat(top)
+    finally:
+        os.close(top)
+
+
+@pytest.mark.root
+def test_lock_dir_is_created_root_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lockdir = tmp_path / "locks"
+    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
+    root = tmp_path / "root"
+    root.mkdir()
+    with _rootlock.locked(str(root)):
+        st = os.lstat(lockdir)
+        assert st.st_uid == 0 and (st.st_mode & 0o777) == 0o700
+        assert len(os.listdir(lockdir)) == 1
+
+
+@pytest.mark.root
+def test_planted_symlink_lock_dir_is_refused(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "attacker"
+    target.mkdir()
+    lockdir = tmp_path / "locks"
+    lockdir.symlink_to(target)
+    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
+    root = tmp_path / "root"
+    root.mkdir()
+    with (pytest.raises(mc.ChrootError, match="unsafe session lock directory") as e,
+          _rootlock.locked(str(root))):
+        pass
+    assert str(lockdir) in str(e.value) and "remove" in str(e.value)
+    assert os.listdir(target) == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("uid", "mode"), [(65534, 0o755), (0, 0o777), (0, 0o775)])
+def test_planted_user_lock_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          uid: int, mode: int) -> None:
+    lockdir = tmp_path / "locks"
+    lockdir.mkdir()
+    os.chown(lockdir, uid, uid)
+    os.chmod(lockdir, mode)
+    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
+    root = tmp_path / "root"
+    root.mkdir()
+    with (pytest.raises(mc.ChrootError, match="unsafe session lock directory"),
+          _rootlock.locked(str(root))):
+        pass
+    assert os.listdir(lockdir) == []
+
+
+@pytest.mark.root
+def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
+    (tmp_path / rootfs.JOURNAL_NAME).write_text("{}")
+    with (pytest.raises(mc.ChrootBusyError, match="cannot pack") as e,
+          _rootlock.exclusive(tmp_path, "pack")):
+        pass
+    assert "recover(" in str(e.value)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from fixtures import deep_tree, open_fds, paused_in_thread, rm_deep, tree_state
 
 import maas_chroot as mc
 from maas_chroot import rootfs
 from maas_chroot.customise import FSTAB_HEADER, OPERATIONS, SysprepReport, sysprep
+from maas_chroot.customise import scrubbing as sysprep_mod
+from maas_chroot.customise.scrub import Scrub
 from maas_chroot.errors import ChrootBusyError
+from maas_chroot.sources import plans as _resolve
 
 PROXY = 'Acquire::http::Proxy "http://10.9.9.9:3128";\n'
 
@@ -358,3 +363,73 @@ def test_sysprep_on_a_real_minbase(minbase_root: Path) -> None:
     assert (root / "var/lib/apt/lists/partial").is_dir()
     assert not report.cloud_init and report.kernels == ()  # a Debian minbase has neither
     assert sysprep(root, progress=False).items == ()
+
+
+def test_sysprep_scrub_measures_and_removes_a_deep_tree(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "tmp").mkdir(parents=True)
+    depth = 1500
+    deep_tree(root / "tmp" / "deep", depth)
+    size = sum(len(b"%d\n" % i) for i in range(depth))
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        scrub = Scrub(str(root), rootfd)
+        scrub.remove("/tmp/deep")
+    finally:
+        os.close(rootfd)
+        rm_deep(root / "tmp" / "deep")
+    assert [(i.path, i.action, i.freed) for i in scrub.items] == [("/tmp/deep", "removed", size)]
+    assert os.listdir(root / "tmp") == []
+
+
+@pytest.mark.root
+def test_sysprep_truncates_logs_in_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    from maas_chroot import sysprep
+
+    root = tmp_path / "root"
+    (root / "var/log").mkdir(parents=True)
+    depth = 1500
+    assert depth > sys.getrecursionlimit()
+    deep_tree(root / "var/log/deep", depth)
+    try:
+        fds = open_fds()
+        report = sysprep(root, progress=False)
+        assert open_fds() == fds
+        assert len(report.paths("logs")) == depth
+        level = os.open(root / "var/log/deep", os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(depth):
+            assert os.stat("f", dir_fd=level).st_size == 0
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=level)
+            os.close(level)
+            level = sub
+        os.close(level)
+    finally:
+        rm_deep(root / "var/log/deep")
+
+
+@pytest.mark.root
+def test_sysprep_and_copy_refuse_a_live_session(minbase_root: Path, tmp_path: Path) -> None:
+    with mc.Chroot(minbase_root):
+        before = tree_state(minbase_root)
+        with pytest.raises(mc.ChrootBusyError, match="cannot start sysprep") as e:
+            mc.sysprep(minbase_root, progress=False)
+        assert f"pid {os.getpid()} (a chroot session)" in str(e.value)
+        with pytest.raises(mc.ChrootBusyError, match="cannot start copy"):
+            _resolve.copy_tree(minbase_root, tmp_path / "copy")
+        assert tree_state(minbase_root) == before
+        assert not (tmp_path / "copy").exists()
+
+
+@pytest.mark.root
+def test_a_session_cannot_start_while_sysprep_runs(minbase_root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with (paused_in_thread(monkeypatch, sysprep_mod._OPS, "machine-id",
+                            lambda: mc.sysprep(minbase_root, progress=False)) as result,
+          pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(sysprep\)"),
+          mc.Chroot(minbase_root)):
+        pass
+    assert isinstance(result[0], mc.SysprepReport)
+    assert not (minbase_root / rootfs.JOURNAL_NAME).exists()
+    assert not (minbase_root / "usr/sbin/policy-rc.d").exists()
+    with mc.Chroot(minbase_root):  # the lock is free again
+        pass

@@ -1,6 +1,6 @@
 """A cloud-images.ubuntu.com look-alike for tests: a real tree, a real GPG key, a real HTTP server.
 
-    from tests.cloudimages import serve_cloud_images
+    from servers.cloudimages import serve_cloud_images
 
     with serve_cloud_images(tmp_path) as site:   # or rootfs_tar=<a rootfs .tar>
         src = site.source("noble")                # = cloud_image("noble", mirror=site.mirror)

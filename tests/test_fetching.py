@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers.cloudimages import CloudImageSite, serve_cloud_images
+from servers.proxy import serve_proxy
 
 import maas_chroot as mc
 from maas_chroot.errors import FetchError, SourceError, VerificationError
 from maas_chroot.sources import verify as _verify
-from maas_chroot.sources.fetching import cache_path
-from tests.cloudimages import CloudImageSite, serve_cloud_images
-from tests.proxy import serve_proxy
+from maas_chroot.sources.fetching import cache_path, fetch
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"retries": 3, "backoff": 0.01}
@@ -527,3 +527,15 @@ def test_site_serves_a_given_rootfs_tar(tmp_path: Path) -> None:
         listing = subprocess.run(["unsquashfs", "-l", str(sqfs)], check=True,
                                  capture_output=True, text=True).stdout
         assert "squashfs-root/etc/marker" in listing
+
+
+@pytest.mark.parametrize("url", ["http://../x/y.img", "http://./x/y.img", "http:///x/y.img",
+                                 "http://..:8080/x/y.img"])
+def test_cache_path_refuses_hosts_that_leave_the_cache(tmp_path: Path, url: str) -> None:
+    cache = tmp_path / "a" / "cache"
+    with pytest.raises(SourceError, match="host name") as err:
+        cache_path(url, cache)
+    assert url in str(err.value)
+    with pytest.raises(SourceError):
+        fetch(url, sha256="0" * 64, cache_dir=cache, retries=0)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []

@@ -8,13 +8,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from servers.maas import serve
 
 import maas_chroot as mc
 from maas_chroot import rootfs
 from maas_chroot.errors import SpecError
 from maas_chroot.pipeline import BuildResult
 from maas_chroot.sources import bootstrap, hostapt
-from tests.maas_server import serve
 
 
 def _names(tgz: Path) -> dict[str, tarfile.TarInfo]:

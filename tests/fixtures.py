@@ -1,0 +1,141 @@
+"""Helpers shared by the tests (import them from here, never from conftest).
+
+A real Debian minbase rootfs is built with mmdebstrap from the mirror the
+machine's apt already uses (read from /etc/apt, never named here) and cached
+under the user's cache dir, so it is built once per machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from filelock import FileLock
+
+from maas_chroot.sources import hostapt
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maas-chroot-tests"
+IS_ROOT = os.geteuid() == 0
+
+
+def build_minbase(dest: Path, *, include: tuple[str, ...] = (), suite: str | None = None) -> Path:
+    """Build (once, under a lock) a minbase rootfs tarball with mmdebstrap; return its path."""
+    src = hostapt.host_mirror(suite)
+    suite = src.suites[0]
+    key = hashlib.sha256(f"{src.uri} {suite} {sorted(include)}".encode()).hexdigest()[:12]
+    out = dest / f"minbase-{suite}-{key}.tar"
+    dest.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if out.exists():
+            return out
+        tmp = out.with_suffix(".tar.part")
+        argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
+        if include:
+            argv.append("--include=" + ",".join(include))
+        if src.signed_by:
+            argv.append(f"--keyring={src.signed_by}")
+        argv += [suite, str(tmp), src.uri]
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+        tmp.rename(out)
+    return out
+
+
+def gnu_extract(tarball: Path, dest: Path) -> None:
+    """Extract with GNU tar and curtin's flags: the independent oracle."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
+                    "-Sxpf", str(tarball), "-C", str(dest)], check=True)
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything about a tree except times: type, mode, owner, content/target/device."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            meta: tuple[object, ...] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                        st.st_uid, st.st_gid)
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    meta += (hashlib.sha256(f.read()).hexdigest(),)
+            elif stat.S_ISLNK(st.st_mode):
+                meta += (os.readlink(p),)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                meta += (st.st_rdev,)
+            out[os.path.relpath(p, root)] = meta
+    return out
+
+
+def curtin_extract(tarball: Path, target: Path) -> None:
+    """What curtin runs at deploy time (curtin/commands/extract.py), flags verbatim."""
+    target.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-Sxpf", str(tarball),
+                    "--numeric-owner", "-C", str(target)], check=True)
+
+
+def deep_tree(top: Path, depth: int) -> Path:
+    """``top/d/d/.../d`` ``depth`` levels deep, a file at each level, built with dir fds."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(depth):
+            with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+                f.write(b"%d\n" % i)
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    finally:
+        os.close(fd)
+    return top
+
+
+def rm_deep(top: Path) -> None:
+    """Remove a deep test tree even when the code under test failed (pytest's own
+    cleanup of old temp dirs recurses, and other sessions share them)."""
+    if top.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def paused_in_thread(monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
+                      work: Callable[[], object]) -> Iterator[list[object]]:
+    """Run ``work()`` in a thread, held inside ``target[name]`` (or ``target.name``).
+
+    The body runs while the thread is paused there (holding whatever lock it took);
+    on exit the thread is released and joined, and the list holds what ``work`` returned.
+    """
+    started, release = threading.Event(), threading.Event()
+    real = target[name] if isinstance(target, dict) else getattr(target, name)
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    if isinstance(target, dict):
+        monkeypatch.setitem(target, name, slow)
+    else:
+        monkeypatch.setattr(target, name, slow)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(work()))
+    worker.start()
+    try:
+        assert started.wait(60)
+        yield result
+    finally:
+        release.set()
+        worker.join(60)
