@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import maas_chroot as mc
+
+API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 #: DESIGN.md's public names, plus the documented additions (docs/api.md).
 PUBLIC = {
@@ -39,3 +43,9 @@ def test_errors_derive_from_the_base_class() -> None:
 def test_functions_are_callables_not_modules() -> None:
     for name in ("fetch", "extract", "pack", "sysprep", "recover", "build", "cloud_image"):
         assert callable(getattr(mc, name)), name
+
+
+def test_the_api_reference_documents_every_exported_name() -> None:
+    text = API_DOC.read_text()
+    undocumented = [n for n in mc.__all__ if n != "__version__" and f"`{n}" not in text]
+    assert not undocumented, f"docs/api.md does not mention: {undocumented}"
