@@ -35,9 +35,8 @@ from .errors import BuildError, MaasChrootError, PrivilegeError, SpecError
 from .maas import client as maas
 from .maas.client import Upload
 from .progress import human_size
-from .sources import bootstrap
+from .sources import bootstrap, plans
 from .sources import image as sources
-from .sources import plans as _resolve
 from .sources.fetching import fetch as _fetch
 from .sources.plans import SourceOptions, SourcePlan
 from .steps import Step, Steps
@@ -53,7 +52,7 @@ class BuildSpec(SourceOptions, Customisation):
     """Everything one build is asked to do.
 
     The fields are ``build()``'s keyword names: the source and how it is verified
-    (:class:`~maas_chroot._resolve.SourceOptions`), the customisation
+    (:class:`~maas_chroot.plans.SourceOptions`), the customisation
     (:class:`~maas_chroot._customise.Customisation`), and ``sysprep`` /
     ``sysprep_keep`` (operations to skip), ``level`` (compression), ``workdir``,
     ``keep_rootfs`` (customise in this new or empty directory and keep it),
@@ -205,7 +204,7 @@ class _Build:
         spec, steps = self.spec, self.steps
         try:
             with steps(Step.CHECK):
-                plan = _resolve.plan(spec.source, spec.source_options())
+                plan = plans.plan(spec.source, spec.source_options())
                 compression, filetype = archive.output_format(spec.output)
                 up = _check_upload(spec.upload, plan)
                 spec.check()
@@ -259,7 +258,7 @@ class _Build:
             return root
         if plan.kind == "directory":
             with steps(Step.COPY):
-                _resolve.copy_tree(plan.path, root)
+                plans.copy_tree(plan.path, root)
             return root
         archive_path = plan.path if plan.kind == "archive" else None
         if plan.image is not None:

@@ -612,7 +612,7 @@ def test_pack_and_a_session_exclude_each_other(minbase_root: Path, tmp_path: Pat
     assert not (tmp_path / "live.tgz").exists()
 
     out = tmp_path / "img.tgz"
-    with (paused_in_thread(monkeypatch, archiving._mktar, "write_tree",
+    with (paused_in_thread(monkeypatch, archiving.tarwrite, "write_tree",
                             lambda: archive.pack(minbase_root, out, progress=False)) as result,
           pytest.raises(mc.ChrootBusyError, match=r"in use by pid \d+ \(pack\)"),
           mc.Chroot(minbase_root)):

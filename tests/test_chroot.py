@@ -19,7 +19,7 @@ from fixtures import tree_state
 
 import maas_chroot as mc
 from maas_chroot import rootfs
-from maas_chroot.chroot import journal as _journal
+from maas_chroot.chroot import journal
 from maas_chroot.rootfs import inroot
 from maas_chroot.sources import hostapt
 
@@ -645,7 +645,7 @@ def test_recover_completes_when_a_journaled_mkdir_is_no_longer_a_directory(
     (minbase_root / "srv").symlink_to("/etc")               # a symlink to a directory
     (minbase_root / "opt").rmdir()
     (minbase_root / "opt").write_text("a file\n")           # parent is now a file: ENOTDIR
-    j = _journal.Journal(str(minbase_root), pid=999999)
+    j = journal.Journal(str(minbase_root), pid=999999)
     for p in ("/mnt", "/srv", "/opt/x", "/gone"):
         j.add_mkdir(p)
     before = tree_state(minbase_root)

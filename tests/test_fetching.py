@@ -23,7 +23,7 @@ from servers.proxy import serve_proxy
 
 import maas_chroot as mc
 from maas_chroot.errors import FetchError, SourceError, VerificationError
-from maas_chroot.sources import verify as _verify
+from maas_chroot.sources import verify
 from maas_chroot.sources.fetching import cache_path, fetch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def test_sums_entry_missing_or_duplicated(site: CloudImageSite, tmp_path: Path,
 
 def test_missing_keyring_says_how_to_fix(site: CloudImageSite, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_verify, "DEFAULT_KEYRING", str(tmp_path / "absent.gpg"))
+    monkeypatch.setattr(verify, "DEFAULT_KEYRING", str(tmp_path / "absent.gpg"))
     with pytest.raises(VerificationError) as err:
         _fetch(site, tmp_path, keyring=None)
     assert "apt install ubuntu-cloudimage-keyring" in str(err.value)

@@ -29,8 +29,7 @@ from servers.maas import FakeMaas, serve
 
 from maas_chroot import maas as mm
 from maas_chroot.errors import ArchiveError, ImageNameError, MaasApiError
-from maas_chroot.maas import api as _maasapi
-from maas_chroot.maas import names
+from maas_chroot.maas import api, names
 
 MiB = 1 << 20
 
@@ -199,7 +198,7 @@ def test_server_checks_content_length_and_appends_by_size(fake: FakeMaas) -> Non
     created = c._json("POST", "boot-resources/", files={k: (None, v) for k, v in {
         "name": "custom/raw", "architecture": "amd64/generic", "filetype": "ddraw",
         "size": "100", "sha256": hashlib.sha256(data).hexdigest()}.items()})
-    uri = _maasapi.the_file(created, c.api_url)["upload_uri"]
+    uri = api.the_file(created, c.api_url)["upload_uri"]
     url = fake.url.split("/MAAS")[0] + uri
     put = c._session.put
     hdr = {"Content-Type": "application/octet-stream"}
@@ -303,7 +302,7 @@ def test_filetype_from_magic_bytes(tmp_path: Path) -> None:
 
 def test_newest_set_is_the_greatest_version() -> None:
     versions = ["20260101", "20260101.9", "20260101.10", "20251231.99"]
-    assert max(versions, key=_maasapi.version_key) == "20260101.10"
+    assert max(versions, key=api.version_key) == "20260101.10"
 
 
 # --- failures mid-upload ------------------------------------------------------------------

@@ -19,9 +19,7 @@ from fixtures import deep_tree, open_fds, rm_deep
 
 import maas_chroot as mc
 from maas_chroot import MountedError, UnsafePathError, rootfs
-from maas_chroot.rootfs import inroot
-from maas_chroot.rootfs import lock as _rootlock
-from maas_chroot.rootfs import walk as _fdwalk
+from maas_chroot.rootfs import inroot, lock, walk
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -223,12 +221,12 @@ def test_remove_tree_of_a_symlink_with_a_trailing_slash_keeps_the_target(tmp_pat
 
 def test_a_walk_stops_when_a_closed_ancestor_was_moved(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fdwalk, "KEEP", 1)  # only the deepest directory stays open
+    monkeypatch.setattr(walk, "KEEP", 1)  # only the deepest directory stays open
     (tmp_path / "a" / "b" / "c").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     top = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with _fdwalk.DirStack(top, str(tmp_path)) as dirs:
+        with walk.DirStack(top, str(tmp_path)) as dirs:
             for name in ("a", "b", "c"):
                 dirs.push(name, os.stat(name, dir_fd=dirs.fd, follow_symlinks=False))
             assert dirs.where == f"{tmp_path}/a/b/c"
@@ -245,10 +243,10 @@ def test_a_walk_stops_when_a_closed_ancestor_was_moved(tmp_path: Path,
 @pytest.mark.root
 def test_lock_dir_is_created_root_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lockdir = tmp_path / "locks"
-    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
+    monkeypatch.setattr(lock, "LOCK_DIRS", (str(lockdir),))
     root = tmp_path / "root"
     root.mkdir()
-    with _rootlock.locked(str(root)):
+    with lock.locked(str(root)):
         st = os.lstat(lockdir)
         assert st.st_uid == 0 and (st.st_mode & 0o777) == 0o700
         assert len(os.listdir(lockdir)) == 1
@@ -261,11 +259,11 @@ def test_planted_symlink_lock_dir_is_refused(tmp_path: Path,
     target.mkdir()
     lockdir = tmp_path / "locks"
     lockdir.symlink_to(target)
-    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
+    monkeypatch.setattr(lock, "LOCK_DIRS", (str(lockdir),))
     root = tmp_path / "root"
     root.mkdir()
     with (pytest.raises(mc.ChrootError, match="unsafe session lock directory") as e,
-          _rootlock.locked(str(root))):
+          lock.locked(str(root))):
         pass
     assert str(lockdir) in str(e.value) and "remove" in str(e.value)
     assert os.listdir(target) == []
@@ -279,11 +277,11 @@ def test_planted_user_lock_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     lockdir.mkdir()
     os.chown(lockdir, uid, uid)
     os.chmod(lockdir, mode)
-    monkeypatch.setattr(_rootlock, "LOCK_DIRS", (str(lockdir),))
+    monkeypatch.setattr(lock, "LOCK_DIRS", (str(lockdir),))
     root = tmp_path / "root"
     root.mkdir()
     with (pytest.raises(mc.ChrootError, match="unsafe session lock directory"),
-          _rootlock.locked(str(root))):
+          lock.locked(str(root))):
         pass
     assert os.listdir(lockdir) == []
 
@@ -292,6 +290,6 @@ def test_planted_user_lock_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
 def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
     (tmp_path / rootfs.JOURNAL_NAME).write_text("{}")
     with (pytest.raises(mc.ChrootBusyError, match="cannot pack") as e,
-          _rootlock.exclusive(tmp_path, "pack")):
+          lock.exclusive(tmp_path, "pack")):
         pass
     assert "recover(" in str(e.value)

@@ -17,7 +17,7 @@ from maas_chroot.customise import FSTAB_HEADER, OPERATIONS, SysprepReport, syspr
 from maas_chroot.customise import scrubbing as sysprep_mod
 from maas_chroot.customise.scrub import Scrub
 from maas_chroot.errors import ChrootBusyError
-from maas_chroot.sources import plans as _resolve
+from maas_chroot.sources import plans
 
 PROXY = 'Acquire::http::Proxy "http://10.9.9.9:3128";\n'
 
@@ -415,7 +415,7 @@ def test_sysprep_and_copy_refuse_a_live_session(minbase_root: Path, tmp_path: Pa
             mc.sysprep(minbase_root, progress=False)
         assert f"pid {os.getpid()} (a chroot session)" in str(e.value)
         with pytest.raises(mc.ChrootBusyError, match="cannot start copy"):
-            _resolve.copy_tree(minbase_root, tmp_path / "copy")
+            plans.copy_tree(minbase_root, tmp_path / "copy")
         assert tree_state(minbase_root) == before
         assert not (tmp_path / "copy").exists()
 

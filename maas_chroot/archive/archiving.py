@@ -31,10 +31,8 @@ from pathlib import Path
 from .. import formats, rootfs, run
 from .. import progress as _progress
 from ..errors import ArchiveError, CommandError, UnsafeArchiveError
-from ..rootfs import lock as _rootlock
-from . import compress as _compress
-from . import tarread as _untar
-from . import tarwrite as _mktar
+from ..rootfs import lock
+from . import compress, tarread, tarwrite
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +167,7 @@ def _extract_tar(src: str, fmt: str, dest: str, show: bool | None) -> None:
 
         argv = _decompressor(fmt) if fmt != "tar" else None
         if argv is None:
-            _untar.untar(f.fileno(), dest, archive=src, filters=fmt != "tar", tick=tick)
+            tarread.untar(f.fileno(), dest, archive=src, filters=fmt != "tar", tick=tick)
         else:
             with run.spawn(argv, stdin=f) as proc:
                 _untar_from(proc, src, dest, tick)
@@ -184,7 +182,7 @@ def _untar_from(proc: subprocess.Popen[bytes], src: str, dest: str,
     with contextlib.suppress(OSError):
         fcntl.fcntl(pipe, _F_SETPIPE_SZ, 1 << 20)
     try:
-        _untar.untar(pipe, dest, archive=src, filters=False, tick=tick)
+        tarread.untar(pipe, dest, archive=src, filters=False, tick=tick)
         while os.read(pipe, 1 << 16):  # let the decompressor finish (and check its CRC)
             pass
     except UnsafeArchiveError:
@@ -289,16 +287,16 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     nthreads = threads or len(os.sched_getaffinity(0))
     try:
         # The session lock keeps a Chroot from swapping resolv.conf/policy-rc.d in mid-walk.
-        with _rootlock.exclusive(src, "pack"), _atomic_output(dest) as raw, \
+        with lock.exclusive(src, "pack"), _atomic_output(dest) as raw, \
                 _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
-            stream = _compress.open_stream(kind, raw, level=level, threads=nthreads,
+            stream = compress.open_stream(kind, raw, level=level, threads=nthreads,
                                            where=where, reproducible=reproducible)
             try:
-                _mktar.write_tree(src, stream.write, where=where, clamp=clamp,
+                tarwrite.write_tree(src, stream.write, where=where, clamp=clamp,
                                   sort=reproducible, on_bytes=bar.update)
                 stream.close()
             except BaseException:
-                _compress.abort(stream)
+                compress.abort(stream)
                 raise
     except OSError as e:
         raise ArchiveError(f"cannot pack {src} into {dest}: {e}", path=dest,
@@ -350,7 +348,7 @@ def _source_date_epoch(out: str) -> int | None:
 
 
 @contextlib.contextmanager
-def _atomic_output(dest: Path) -> Iterator[_compress.HashingFile]:
+def _atomic_output(dest: Path) -> Iterator[compress.HashingFile]:
     """A HashingFile on a fresh temp file beside ``dest``, renamed onto it on success."""
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
     try:
@@ -360,7 +358,7 @@ def _atomic_output(dest: Path) -> Iterator[_compress.HashingFile]:
                            hint="check the directory exists and is writable") from e
     try:
         try:
-            yield _compress.HashingFile(fd)
+            yield compress.HashingFile(fd)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -14,11 +14,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from libarchive import ffi as _lac_ffi
+from libarchive import ffi
 
 from ..errors import ArchiveError
 
-lib = ctypes.CDLL(_lac_ffi.libarchive_path, use_errno=True)
+lib = ctypes.CDLL(ffi.libarchive_path, use_errno=True)
 
 OK = 0
 EOF = 1

@@ -27,7 +27,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..rootfs import walk as _fdwalk
+from ..rootfs import walk
 from . import ffi as la
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class TarWriter:
 
     # -- the walk ------------------------------------------------------------------------
     def add_tree(self, root: str) -> None:
-        """Add ``root`` and everything below it, depth-first in name order (:func:`_fdwalk.walk`).
+        """Add ``root`` and everything below it, depth-first in name order (:func:`walk.walk`).
 
         A directory on another filesystem (a mount point) is stored, not descended into.
         """
@@ -111,19 +111,19 @@ class TarWriter:
         try:
             dev = os.fstat(top).st_dev
             self._add(b".", host, os.fstat(top), top)
-            for node in _fdwalk.walk(top, os.fsdecode(host), sort=self.sort):
-                if node.kind == _fdwalk.LEAVE:
+            for node in walk.walk(top, os.fsdecode(host), sort=self.sort):
+                if node.kind == walk.LEAVE:
                     continue
                 rel = os.fsencode(node.rel)
                 arc, path = b"./" + rel, host + b"/" + rel
-                if node.kind == _fdwalk.ENTER:
+                if node.kind == walk.ENTER:
                     self._add(arc, path, node.st, node.fd)
                 else:
                     self._add_entry(node, arc, path, dev)
         finally:
             os.close(top)
 
-    def _add_entry(self, node: _fdwalk.Node, arc: bytes, host: bytes, dev: int) -> None:
+    def _add_entry(self, node: walk.Node, arc: bytes, host: bytes, dev: int) -> None:
         """Add a non-directory, or a directory the walk does not enter (a mount point)."""
         st, mode = node.st, node.st.st_mode
         if st.st_dev != dev and not stat.S_ISDIR(mode):

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from .. import run as _run
 from ..errors import AptError, ArgumentError, CommandError
-from . import aptstatus as _aptprogress
+from . import aptstatus
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +230,13 @@ class Apt:
         try:
             argv = ["apt-get", "-y", "-q", *self._options(wfd), *args]
             verb = next((a for a in args if not a.startswith("-")), "apt-get")
-            with (_aptprogress.bar(progress, f"apt-get {verb}") as tq,
+            with (aptstatus.bar(progress, f"apt-get {verb}") as tq,
                   self.chroot.spawn(argv, env=dict(APT_ENV), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, pass_fds=(wfd,)) as proc):
                 os.close(wfd)
                 wfd = -1
-                tracker = _aptprogress.AptProgress(tq, f"apt-get {verb}")
-                got = _aptprogress.pump(proc, rfd, tracker)
+                tracker = aptstatus.AptProgress(tq, f"apt-get {verb}")
+                got = aptstatus.pump(proc, rfd, tracker)
                 code = proc.wait()
         finally:
             os.close(rfd)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PrivilegeError
-from ..rootfs import lock as _rootlock
-from . import checks as _checks
+from ..rootfs import lock
+from . import checks
 from . import journal as _journal
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ def recover(root: str | os.PathLike[str]) -> RecoverReport | None:
     if os.geteuid() != 0:
         raise PrivilegeError("recover() needs root to restore files owned by root",
                              hint="run as root, e.g. with sudo")
-    real = str(_checks.check_root(root))
-    with _rootlock.locked(real, purpose="recovery"):
+    real = str(checks.check_root(root))
+    with lock.locked(real, purpose="recovery"):
         journal = _journal.load(real)
         if journal is None:
             return None

@@ -36,15 +36,12 @@ from typing import IO, Any, Literal, overload
 from .. import rootfs
 from .. import run as _run
 from ..errors import ChrootBusyError, ChrootError, CommandError, PrivilegeError
-from ..rootfs import inroot
-from ..rootfs import lock as _rootlock
-from . import checks as _checks
-from . import copyin as _copyin
+from ..rootfs import inroot, lock
+from . import binds as binds_
+from . import checks, copyin, netns, signals
 from . import journal as _journal
-from . import netns as _netns
-from . import signals as _signals
 from .apt import Apt
-from .checks import Bind, Binds
+from .binds import Bind, Binds
 from .recovery import replay
 
 __all__ = ["Bind", "Chroot", "Network"]
@@ -77,14 +74,14 @@ class Chroot:
         if os.geteuid() != 0:
             raise PrivilegeError("a chroot session needs root (namespaces, mounts, chroot)",
                                  hint="run as root, e.g. with sudo")
-        self._root = _checks.check_root(root)
+        self._root = checks.check_root(root)
         if network not in ("host", "none"):
             raise ChrootError(f"unknown network mode {network!r}", root=self._root,
                               hint='use network="host" or network="none"')
         self.network: Network = network
         if network == "none":
-            _netns.pyroute2_path(str(self._root))  # fail now, before touching the root
-        self.binds = _checks.normalize_binds(binds, str(self._root))
+            netns.pyroute2_path(str(self._root))  # fail now, before touching the root
+        self.binds = binds_.normalize(binds, str(self._root))
         self._recover = recover
         self._stack: contextlib.ExitStack | None = None
         self._journal: _journal.Journal | None = None
@@ -108,10 +105,10 @@ class Chroot:
             raise ChrootError("this session is already active", root=self._root)
         stack = contextlib.ExitStack()
         try:
-            with _signals.deferred():
+            with signals.deferred():
                 self._setup(stack)
         except BaseException:
-            with _signals.deferred():
+            with signals.deferred():
                 stack.close()
             raise
         self._stack = stack
@@ -121,12 +118,12 @@ class Chroot:
                  tb: TracebackType | None) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
-            with _signals.deferred():
+            with signals.deferred():
                 stack.close()
 
     def _setup(self, stack: contextlib.ExitStack) -> None:
         root = str(self._root)
-        stack.enter_context(_rootlock.locked(root))
+        stack.enter_context(lock.locked(root))
         stale = _journal.load(root)
         if stale is not None:
             if not self._recover:
@@ -155,12 +152,12 @@ class Chroot:
             else:
                 self.temporary_file(RESOLV_CONF, resolv, mode=0o644)
             if self.network == "none":
-                self._netfd = stack.enter_context(_netns.loopback_namespace(root))
+                self._netfd = stack.enter_context(netns.loopback_namespace(root))
                 stack.callback(setattr, self, "_netfd", None)
             if threading.current_thread() is threading.main_thread():
                 old = signal.getsignal(signal.SIGTERM)
                 stack.callback(signal.signal, signal.SIGTERM, old)
-                signal.signal(signal.SIGTERM, _signals.raise_terminated)
+                signal.signal(signal.SIGTERM, signals.raise_terminated)
         finally:
             self._stack = None
 
@@ -225,7 +222,7 @@ class Chroot:
         return self._stack
 
     def _helper(self, argv: list[str], status_fd: int | None) -> list[str]:
-        cmd = _netns.helper_argv("run", str(os.getpid()), str(self._root),
+        cmd = netns.helper_argv("run", str(os.getpid()), str(self._root),
                                  "-" if self._netfd is None else str(self._netfd),
                                  "-" if status_fd is None else str(status_fd),
                                  str(len(self.binds)))
@@ -329,7 +326,7 @@ class Chroot:
         """An interactive shell (or ``argv``) on the caller's terminal; returns its exit code."""
         self._active()
         if argv is None:
-            bash = _checks.exists_in(str(self._root), "/bin/bash")
+            bash = checks.exists_in(str(self._root), "/bin/bash")
             argv = ["/bin/bash", "--login"] if bash else ["/bin/sh", "-l"]
         args = _run.as_argv(argv)
         main = threading.current_thread() is threading.main_thread()
@@ -348,7 +345,7 @@ class Chroot:
                    uid: int = 0, gid: int = 0) -> None:
         """Create or replace ``path`` in the image (resolved inside the root, atomically)."""
         self._active()
-        rootfs.write_file(str(self._root), _checks.inroot(path), data, mode=mode, uid=uid, gid=gid)
+        rootfs.write_file(str(self._root), checks.inroot(path), data, mode=mode, uid=uid, gid=gid)
 
     def copy_in(self, host_src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                 mode: int | None = None) -> None:
@@ -359,7 +356,7 @@ class Chroot:
         file source; a directory source is merged into an existing directory ``dest``.
         """
         self._active()
-        _copyin.copy_in(str(self._root), os.fspath(host_src), _checks.inroot(dest), mode)
+        copyin.copy_in(str(self._root), os.fspath(host_src), checks.inroot(dest), mode)
 
     def temporary_file(self, path: str | os.PathLike[str], data: str | bytes, *,
                        mode: int = 0o644) -> None:
@@ -370,7 +367,7 @@ class Chroot:
         """
         stack = self._active()
         assert self._journal is not None
-        p = _checks.inroot(path)
+        p = checks.inroot(path)
         root = str(self._root)
         if p not in self._swapped:
             entry = rootfs.snapshot(root, p)

@@ -23,7 +23,7 @@ from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, Sour
 from ..maas import client as maas
 from ..maas.client import Upload
 from ..pipeline import BuildSpec, build
-from ..sources import plans as _resolve
+from ..sources import plans
 from ..sources.fetching import fetch
 from .args import PROG, UsageError, parse
 
@@ -150,7 +150,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _fetch_verb(args: argparse.Namespace) -> int:
-    plan = _resolve.plan(args.source, _resolve.SourceOptions(
+    plan = plans.plan(args.source, plans.SourceOptions(
         arch=args.arch, fmt=args.fmt, stream=args.stream, mirror=args.mirror,
         keyring=args.keyring, verify=args.verify, sha256=args.sha256, sums_url=args.sums_url))
     if plan.image is None:

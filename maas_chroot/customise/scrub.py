@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from .. import rootfs
 from ..errors import MountedError
 from ..progress import human_size
-from ..rootfs import walk as _fdwalk
+from ..rootfs import walk
 from .report import SysprepItem
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class Scrub:
             if dfd is None:
                 return
             top = dirpath.rstrip("/")
-            for node in _fdwalk.walk(dfd, self.root + top, sort=True):
-                if node.kind != _fdwalk.ENTRY:
+            for node in walk.walk(dfd, self.root + top, sort=True):
+                if node.kind != walk.ENTRY:
                     continue
                 path = f"{top}/{node.rel}"
                 if stat.S_ISREG(node.st.st_mode):
@@ -205,5 +205,5 @@ class Scrub:
 
 def _du(dfd: int) -> int:
     """Apparent size of the regular files below the open directory ``dfd`` (no symlinks)."""
-    return sum(node.st.st_size for node in _fdwalk.walk(dfd, ".")
-               if node.kind == _fdwalk.ENTRY and stat.S_ISREG(node.st.st_mode))
+    return sum(node.st.st_size for node in walk.walk(dfd, ".")
+               if node.kind == walk.ENTRY and stat.S_ISREG(node.st.st_mode))

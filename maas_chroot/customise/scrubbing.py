@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from .. import progress as _progress
 from .. import rootfs
 from ..errors import MountedError, SysprepError
-from ..rootfs import lock as _rootlock
+from ..rootfs import lock
 from .report import SysprepItem, SysprepOperation, SysprepReport
 from .scrub import Scrub
 
@@ -180,7 +180,7 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
                            root=top, hint=f"choose from: {', '.join(OPERATIONS)}")
     _check_root(top)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_rootlock.exclusive(top, "sysprep"))  # no session starts meanwhile
+        stack.enter_context(lock.exclusive(top, "sysprep"))  # no session starts meanwhile
         rootfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         stack.callback(os.close, rootfd)
         s = Scrub(top, rootfd)

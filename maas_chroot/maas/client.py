@@ -38,8 +38,7 @@ from requests_oauthlib import OAuth1
 
 from .. import progress, releases
 from ..errors import ArchiveError, MaasApiError, MaasCredentialsError
-from . import api as _maasapi
-from . import names as _maasnames
+from . import api, names
 from .api import read_profile
 from .names import (
     FILETYPES,
@@ -200,7 +199,7 @@ class MaasClient:
                                                "output of maas-chroot build -o FILE")
         filetype = filetype or infer_filetype(file)       # cheap checks before the long read
         if base_image is None:
-            found = (_maasnames.sniff_ubuntu_release(file, filetype)
+            found = (names.sniff_ubuntu_release(file, filetype)
                      or releases.named_in([full, title or ""]))
             if found:
                 base_image = f"ubuntu/{found}"
@@ -227,7 +226,7 @@ class MaasClient:
         created = self._json("POST", "boot-resources/",
                              files={k: (None, v) for k, v in fields.items()})
         resource = BootResource.from_json(created)
-        rfile = _maasapi.the_file(created, self.api_url)
+        rfile = api.the_file(created, self.api_url)
         if rfile.get("complete"):
             logger.info("MAAS already has %s (same sha256): nothing to upload", full)
             return resource
@@ -262,7 +261,7 @@ class MaasClient:
                     failure = e
                 if failure is not None:
                     if isinstance(failure, requests.Response) and failure.status_code < 500:
-                        raise _maasapi.api_error(failure, hint=_resume(resource))
+                        raise api.api_error(failure, hint=_resume(resource))
                     if self._recover(failure, resource=resource, upload_url=upload_url,
                                      offset=offset, n=n, size=size):
                         bar.update(size - offset)
@@ -283,20 +282,20 @@ class MaasClient:
 
         Returns True when MAAS has the whole file (verified), False to send the next chunk.
         """
-        what = (f"HTTP {failure.status_code}: {_maasapi.body(failure)}"
+        what = (f"HTTP {failure.status_code}: {api.body(failure)}"
                 if isinstance(failure, requests.Response) else f"{type(failure).__name__}: "
                 f"{failure}")
         logger.warning("chunk at byte %d of %s failed (%s); reading the resource back",
                        offset, resource.name, what)
         try:
             data = self._json("GET", f"boot-resources/{resource.id}/")
-            rfile = _maasapi.file_by_upload_uri(data, upload_url)
+            rfile = api.file_by_upload_uri(data, upload_url)
         except MaasApiError as e:
             raise MaasApiError(
                 f"upload of {resource.full_name} (boot resource {resource.id}) stopped at byte "
                 f"{offset} of {size}: the chunk failed ({what}) and MAAS could not be asked "
                 f"what it stored ({e.message})", url=upload_url, hint=_resume(resource)) from e
-        stored = _maasapi.stored_bytes(rfile)
+        stored = api.stored_bytes(rfile)
         if rfile.get("complete"):
             return True                 # MAAS verified the sha256 of the whole file
         if stored == offset + n:
@@ -319,7 +318,7 @@ class MaasClient:
             raise MaasApiError(f"{method} {url} failed: {e}", url=url,
                                hint="is MAAS running and reachable at this URL?") from e
         if r.status_code >= 400:
-            raise _maasapi.api_error(r)
+            raise api.api_error(r)
         return r
 
     def _json(self, method: str, rel: str, **kwargs: Any) -> Any:
@@ -327,7 +326,7 @@ class MaasClient:
         try:
             return r.json()
         except ValueError as e:
-            text = _maasapi.body(r)
+            text = api.body(r)
             raise MaasApiError(f"{method} {r.url}: MAAS answered HTTP {r.status_code} with "
                                f"something that is not JSON: {text[:200]!r}", url=r.url,
                                status=r.status_code, body=text,

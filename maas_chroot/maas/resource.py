@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import api as _maasapi
+from . import api
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class BootResource:
         files: Mapping[str, Mapping[str, Any]] = {}
         sets = data.get("sets") or {}
         if sets:
-            version = max(sets, key=_maasapi.version_key)
+            version = max(sets, key=api.version_key)
             files = sets[version].get("files") or {}
         one = next(iter(files.values())) if len(files) == 1 else {}
         return cls(

@@ -12,7 +12,7 @@ import os
 import stat
 
 from ..errors import MountedError
-from . import walk as _fdwalk
+from . import walk
 
 
 def _unescape(field: str) -> str:
@@ -79,10 +79,10 @@ def clear_dir_at(dirfd: int, where: str) -> None:
 
 def _clear_dir(dirfd: int, dev: int, where: str) -> None:
     """Empty ``dirfd`` depth-first (never leaving the filesystem ``dev``)."""
-    for node in _fdwalk.walk(dirfd, where, descend=_fdwalk.same_filesystem(dev)):
-        if node.kind == _fdwalk.ENTER:
+    for node in walk.walk(dirfd, where, descend=walk.same_filesystem(dev)):
+        if node.kind == walk.ENTER:
             continue
-        if node.kind == _fdwalk.ENTRY:
+        if node.kind == walk.ENTRY:
             if stat.S_ISDIR(node.st.st_mode):
                 raise MountedError(
                     f"refusing to delete {node.where}: it is on another filesystem (a mount?)",

@@ -26,7 +26,7 @@ from typing import Literal
 
 from .. import formats, releases, rootfs, run
 from ..errors import SourceError
-from ..rootfs import lock as _rootlock
+from ..rootfs import lock
 from . import bootstrap
 from .image import ImageSource, Verify, cloud_image, is_url, request, verify_mode
 
@@ -167,7 +167,7 @@ def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path
     if mounted:
         raise SourceError(f"cannot copy {s}: something is mounted below it ({mounted[0]})",
                           hint=f"unmount it first (umount -R {mounted[-1]})")
-    with _rootlock.exclusive(s, "copy"):  # no session may change it while it is copied
+    with lock.exclusive(s, "copy"):  # no session may change it while it is copied
         if os.path.isdir(d) and not os.listdir(d):
             os.rmdir(d)
         # --archive keeps owners, modes, times, xattrs, ACLs and hardlinks; -x stays on one
