@@ -71,7 +71,9 @@ def plant(root: Path) -> None:
     _w(root, "root/.cache/pip/wheel", "w" * 70)
     _w(root, "root/.ssh/authorized_keys", "ssh-ed25519 AAAA build\n", 0o600)
     _w(root, "root/.bashrc", "# stays\n")
-    _w(root, "etc/hostname", "image\n")
+    _w(root, "etc/hostname", "buildhost\n", 0o755)  # what mmdebstrap copies from the host
+    _w(root, "etc/os-release", 'PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\n')
+    _w(root, "etc/resolv.conf", "nameserver 10.9.9.9\n")  # the build host's, copied
     (root / "boot").mkdir(exist_ok=True)
 
 
@@ -121,8 +123,7 @@ def test_every_operation_scrubs_its_items(planted: Path) -> None:
                  "root/.cache", "root/.ssh"):
         assert not os.path.lexists(r / gone), gone
     for kept in ("var/lib/cloud/seed/nocloud/user-data", "etc/netplan/01-netcfg.yaml",
-                 "etc/ssh/sshd_config", "etc/apt/apt.conf.d/01autoremove", "root/.bashrc",
-                 "etc/hostname"):
+                 "etc/ssh/sshd_config", "etc/apt/apt.conf.d/01autoremove", "root/.bashrc"):
         assert after["/" + kept] == before["/" + kept], kept
     # lock files and partial/ directories stay, so apt keeps working
     for sane in ("var/lib/apt/lists/lock", "var/lib/apt/lists/partial",
@@ -131,6 +132,12 @@ def test_every_operation_scrubs_its_items(planted: Path) -> None:
     assert (r / "tmp").is_dir() and (r / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert (r / "var/tmp").is_dir()
     assert (r / "etc/fstab").read_text() == FSTAB_HEADER
+    # what the distribution's cloud images ship, not what the build host leaked
+    assert (r / "etc/hostname").read_text() == "debian\n"
+    assert (r / "etc/hostname").stat().st_mode & 0o777 == 0o644
+    assert (r / "etc/hosts").read_text() == sysprep_mod.HOSTS
+    assert not os.path.lexists(r / "etc/resolv.conf")  # nothing in this image manages it
+    assert any("resolv.conf" in n and "systemd-resolved" in n for n in report.notes)
     assert (r / "etc/apt/apt.conf.d/80mixed").read_text() == 'APT::Install-Recommends "0";\n'
     # logs are truncated, never deleted; mode kept
     for log in ("var/log/syslog", "var/log/apt/history.log", "var/log/wtmp", "var/log/empty.log"):
@@ -184,7 +191,10 @@ def test_keep_skips_exactly_that_operation(tmp_path: Path, op: str) -> None:
     assert full.paths(op), f"{op} scrubbed nothing in the planted tree"
     # with cloud-init kept, its logs stay but "logs" truncates them like any other log
     log_truncated = set(part.paths("logs")) if op == "cloud-init" else set()
-    for path in full.paths(op):
+    created = {i.path for i in full.operation(op).items if i.action == "created"}
+    for path in created:
+        assert path not in after, f"{op} kept, yet {path} was created"
+    for path in set(full.paths(op)) - created:
         assert path in after, f"{op} kept, yet {path} was removed"
         if path not in log_truncated:
             assert after[path] == before[path], f"{op} kept, yet {path} changed"
@@ -206,11 +216,15 @@ def test_symlinks_never_lead_out_of_the_root(tmp_path: Path) -> None:
     _w(host, "tmp/keep-me", "host tmp\n")
     _w(host, "home/.ssh/authorized_keys", "host key\n")
     _w(host, "dbus-machine-id", "hostid\n")
+
+    _w(host, "etc/hosts", "10.0.0.1 host\n")
     host_before = tree(host)
     host_stat = {p: os.lstat(host / p.lstrip("/")) for p in host_before}
 
     root = tmp_path / "a" / "b" / "img"  # deep enough for ../../.. to point at tmp_path
-    _w(root, "etc/hostname", "image\n")
+    _w(root, "etc/motd", "image\n")
+    os.symlink(str(host / "etc/hostname"), root / "etc/hostname")  # replaced, never written
+    os.symlink(str(host / "etc/hosts"), root / "etc/hosts")  # an image's own choice: kept
     _w(root, "usr/bin/env", "#!\n")
     os.symlink(host / "log", root / "var-log-target")  # a decoy, removed by nothing
     (root / "var").mkdir()
@@ -242,8 +256,11 @@ def test_symlinks_never_lead_out_of_the_root(tmp_path: Path) -> None:
         assert (now.st_ino, now.st_size, now.st_mtime_ns) == \
                (st.st_ino, st.st_size, st.st_mtime_ns), p
     # /tmp -> ../../.. names the image root itself: its contents must not be cleared
-    assert (root / "etc/hostname").read_text() == "image\n"
+    assert (root / "etc/motd").read_text() == "image\n"
     assert (root / "usr/bin/env").exists()
+    assert not (root / "etc/hostname").is_symlink()
+    assert (root / "etc/hostname").read_text() == "localhost\n"  # no os-release here
+    assert os.readlink(root / "etc/hosts") == str(host / "etc/hosts")
     assert (root / "var-log-target").is_symlink()
     assert any(n.startswith("/tmp is a symlink") for n in report.notes)
     assert any(n.startswith("/var/log is a symlink") for n in report.notes)
@@ -359,6 +376,11 @@ def test_sysprep_on_a_real_minbase(minbase_root: Path) -> None:
             assert not (root / rel).exists(), rel
     assert {p: (root / p.lstrip("/")).read_bytes() for p in untouched} == before
     assert sum(len(files) for _, _, files in os.walk(root / "usr")) == usr_before
+    # mmdebstrap copied this machine's hostname and resolv.conf (mode 0755) and made no hosts
+    assert (root / "etc/hostname").read_text() == "debian\n"
+    assert (root / "etc/hostname").stat().st_mode & 0o777 == 0o644
+    assert not os.path.lexists(root / "etc/resolv.conf")  # no systemd-resolved in a minbase
+    assert (root / "etc/hosts").read_text() == sysprep_mod.HOSTS
     assert (root / "var/lib/apt/lists/lock").exists()
     assert (root / "var/lib/apt/lists/partial").is_dir()
     assert not report.cloud_init and report.kernels == ()  # a Debian minbase has neither

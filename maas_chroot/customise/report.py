@@ -9,7 +9,8 @@ from ..progress import human_size
 
 @dataclass(frozen=True)
 class SysprepItem:
-    """One path scrubbed: ``action`` is "removed", "truncated" or "rewritten"."""
+    """One path scrubbed: ``action`` is "removed", "truncated", "rewritten", "created"
+    or "linked -> TARGET"."""
 
     path: str
     action: str

@@ -184,10 +184,30 @@ class Scrub:
         freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
         self._add(path, "rewritten", max(0, freed - len(new)))
 
+    def write(self, path: str, data: str, *, mode: int = 0o644) -> None:
+        """Create the missing regular file ``path`` (root-owned)."""
+        rootfs.write_file(self.root, path, data, mode=mode, mkdirs=False)
+        self._add(path, "created", 0)
+
+    def link(self, path: str, target: str) -> None:
+        """Make ``path`` the symlink ``-> target``, replacing a file there (never followed)."""
+        st = rootfs.lstat(self.root, path)
+        rootfs.symlink(self.root, path, target)
+        freed = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+        self._add(path, f"linked -> {target}", freed)
+
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists, symlinks resolved inside the root (as the image sees it)."""
         try:
             os.close(rootfs.open_at(self.rootfd, path, os.O_PATH, 0))
+        except OSError:
+            return False
+        return True
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory, symlinks resolved inside the root."""
+        try:
+            os.close(rootfs.open_at(self.rootfd, path, os.O_PATH | os.O_DIRECTORY, 0))
         except OSError:
             return False
         return True

@@ -79,6 +79,70 @@ def _fstab(s: Scrub) -> None:
         s.rewrite("/etc/fstab", FSTAB_HEADER, found[1])
 
 
+def _os_id(s: Scrub) -> str:
+    """The distribution's ``ID`` from the image's os-release (``debian``, ``ubuntu``)."""
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        found = s.read_regular(path)
+        if found is not None:
+            for line in found[0].decode("utf-8", "replace").splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "ID" and value.strip().strip("\"'"):
+                    return value.strip().strip("\"'")
+    return "localhost"
+
+
+def _hostname(s: Scrub) -> None:
+    # The distributions' cloud images ship their own name in /etc/hostname (Ubuntu
+    # "ubuntu", Debian "debian"); cloud-init sets the machine's name from MAAS at first
+    # boot. A bootstrap copies the build host's name (mmdebstrap copies /etc/hostname).
+    want = _os_id(s) + "\n"
+    st = rootfs.lstat(s.root, "/etc/hostname")
+    found = s.read_regular("/etc/hostname")
+    if found is not None and found[0].decode("utf-8", "replace") == want \
+            and stat.S_IMODE(found[1].st_mode) == 0o644:
+        return
+    if st is None:
+        if s.is_dir("/etc"):
+            s.write("/etc/hostname", want)
+        return
+    old = found[0].decode("utf-8", "replace").strip() if found is not None else "not a file"
+    s.rewrite("/etc/hostname", want, st, mode=0o644)
+    s.notes.append(f"/etc/hostname was {old!r} (the build host's?): now {want.strip()!r}")
+
+
+#: What manages /etc/resolv.conf at boot, and the symlink the distribution ships for it.
+_RESOLVERS = (("/usr/lib/systemd/systemd-resolved", "../run/systemd/resolve/stub-resolv.conf"),
+              ("/sbin/resolvconf", "../run/resolvconf/resolv.conf"))
+
+
+def _resolv_conf(s: Scrub) -> None:
+    # Cloud images never ship a static resolv.conf: Ubuntu's is a symlink to the resolved
+    # stub, Debian's is made at boot. A static one is the build host's (mmdebstrap copies
+    # it), and networkd without resolved never rewrites it: the deployed machine would keep
+    # the build host's nameserver.
+    st = rootfs.lstat(s.root, "/etc/resolv.conf")
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        return
+    target = next((link for manager, link in _RESOLVERS if s.exists(manager)), None)
+    if target is not None and s.is_dir("/etc"):
+        s.link("/etc/resolv.conf", target)
+    elif st is not None:
+        s.remove("/etc/resolv.conf")
+        s.notes.append("/etc/resolv.conf was a static file (the build host's?): removed; "
+                       "nothing in the image manages it at boot (install systemd-resolved "
+                       "or resolvconf for DNS on the deployed machine)")
+
+
+#: Debian's default /etc/hosts (what its installer and cloud images write).
+HOSTS = ("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+         "ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n")
+
+
+def _hosts(s: Scrub) -> None:
+    if rootfs.lstat(s.root, "/etc/hosts") is None and s.is_dir("/etc"):  # a minbase has none
+        s.write("/etc/hosts", HOSTS)
+
+
 def _apt_proxy(s: Scrub) -> None:
     paths = ["/etc/apt/apt.conf"]
     paths += [f"/etc/apt/apt.conf.d/{n}" for n in s.listdir("/etc/apt/apt.conf.d")]
@@ -124,6 +188,9 @@ _OPS: dict[str, Callable[[Scrub], None]] = {
     "cloud-init": _cloud_init,
     "netplan": lambda s: s.remove("/etc/netplan/50-cloud-init.yaml"),
     "fstab": _fstab,
+    "hostname": _hostname,
+    "resolv-conf": _resolv_conf,
+    "hosts": _hosts,
     "ssh-hostkeys": lambda s: s.remove_glob("/etc/ssh", "ssh_host_*"),
     "random-seed": lambda s: s.remove("/var/lib/systemd/random-seed"),
     "apt-proxy": _apt_proxy,
