@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 
 from .archive import PackResult, extract, pack
+from .boot import BootReport, boot_test
 from .chroot import Bind, Chroot, recover
 from .customise import SysprepReport, sysprep
 from .errors import (
     AptError,
     ArchiveError,
     ArgumentError,
+    BootTestError,
     BuildError,
     ChrootBusyError,
     ChrootError,
@@ -54,7 +56,9 @@ __all__ = [
     "ArchiveError",
     "ArgumentError",
     "Bind",
+    "BootReport",
     "BootResource",
+    "BootTestError",
     "BuildError",
     "BuildResult",
     "BuildSpec",
@@ -83,6 +87,7 @@ __all__ = [
     "Upload",
     "VerificationError",
     "__version__",
+    "boot_test",
     "build",
     "cloud_image",
     "extract",

@@ -165,6 +165,26 @@ class ImageNameError(MaasChrootError, ValueError):
     """A boot-resource name, architecture or base image that MAAS would refuse."""
 
 
+class BootTestError(MaasChrootError):
+    """A boot test failed, or could not run.
+
+    ``reason`` is a short code ("no-kernel", "kernel-panic", "no-root-fs", "no-init",
+    "initramfs-shell", "emergency", "timeout", "cloud-init", "failed-units",
+    "not-unique", "maas-late-command", ...); ``console`` is the console log's path and
+    ``lines`` the console lines quoted in the message; ``report`` is the
+    :class:`~maas_chroot.boot.BootReport` when the image was booted.
+    """
+
+    def __init__(self, message: str, *, reason: str, console: str | None = None,
+                 lines: tuple[str, ...] = (), report: object | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.console = console
+        self.lines = lines
+        self.report = report
+
+
 class SpecError(MaasChrootError):
     """A build option (a ``build()`` keyword, a CLI flag, a recipe key) that cannot work.
 

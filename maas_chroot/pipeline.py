@@ -28,6 +28,7 @@ from typing import Any
 
 from . import rootfs
 from .archive import archiving as archive
+from .boot import BootReport, boot_test
 from .customise.customisation import Customisation, customise
 from .customise.scrubbing import SysprepReport
 from .customise.scrubbing import sysprep as _sysprep
@@ -37,6 +38,7 @@ from .maas.client import Upload
 from .progress import human_size
 from .sources import bootstrap, plans
 from .sources import image as sources
+from .sources.fetching import default_cache_dir
 from .sources.fetching import fetch as _fetch
 from .sources.plans import SourceOptions, SourcePlan
 from .steps import Step, Steps
@@ -56,7 +58,10 @@ class BuildSpec(SourceOptions, Customisation):
     (:class:`~maas_chroot._customise.Customisation`), and ``sysprep`` /
     ``sysprep_keep`` (operations to skip), ``level`` (compression), ``workdir``,
     ``keep_rootfs`` (customise in this new or empty directory and keep it),
-    ``in_place`` (customise a directory ``source`` itself) and ``upload``.
+    ``in_place`` (customise a directory ``source`` itself), ``boot_test`` (True, or a
+    mapping of :func:`~maas_chroot.boot_test` options such as ``{"boots": 2}``: the packed
+    image is deployed and booted before any upload, and a failing one is never
+    uploaded) and ``upload``.
     Build one with :meth:`create`, which normalises and checks every value.
     """
 
@@ -68,6 +73,7 @@ class BuildSpec(SourceOptions, Customisation):
     workdir: Path | None = None
     keep_rootfs: Path | None = None
     in_place: bool = False
+    boot_test: bool | Mapping[str, Any] = False
     upload: Upload | None = None
 
     @classmethod
@@ -129,6 +135,7 @@ class BuildResult:
     uploaded: maas.BootResource | None = None
     sysprep: SysprepReport | None = field(default=None, repr=False)
     rootfs: Path | None = None
+    boot: BootReport | None = field(default=None, repr=False)
 
     @property
     def durations(self) -> dict[str, float]:
@@ -152,6 +159,11 @@ class BuildResult:
             up = self.uploaded
             lines.append(f"  uploaded  {up.full_name} (id {up.id}, {up.architecture}"
                          + (f", base_image {up.base_image}" if up.base_image else "") + ")")
+        if self.boot is not None:
+            lines.append(f"  boot test {'OK' if self.boot.ok else 'FAILED'}: "
+                         f"{len(self.boot.runs)} boot(s), {self.boot.accel.upper()}, "
+                         + ", ".join(f"{k} {v:.0f} s" for k, v in self.boot.milestones.items()
+                                     if k in ("kernel", "cloud-init", "power-off")))
         if self.sysprep is not None:
             rep = self.sysprep
             lines.append(f"  sysprep   {len(rep.items)} items, {human_size(rep.freed)} freed"
@@ -208,6 +220,7 @@ class _Build:
                 compression, filetype = archive.output_format(spec.output)
                 up = _check_upload(spec.upload, plan)
                 spec.check()
+                _boot_options(spec.boot_test)
                 _check_dirs(spec, plan)
         except Exception as e:
             raise _failed(Step.CHECK, e, None) from e
@@ -228,6 +241,12 @@ class _Build:
                 with steps(Step.PACK):
                     packed = archive.pack(root, spec.output, compression=compression,
                                           level=spec.level, progress=self.progress)
+                booted = None
+                if spec.boot_test:
+                    with steps(Step.BOOT_TEST):
+                        booted = boot_test(packed.path, progress=self.progress,
+                                           workdir=spec.workdir or DEFAULT_WORKDIR,
+                                           **_boot_options(spec.boot_test))
                 uploaded = None
                 if up is not None:
                     with steps(Step.UPLOAD):
@@ -242,7 +261,7 @@ class _Build:
                 raise _failed(steps.current, e, kept) from e
         return BuildResult(output=packed.path, size=packed.size, sha256=packed.sha256,
                            source=plan.describe(), steps=tuple(steps.times), uploaded=uploaded,
-                           sysprep=report, rootfs=spec.keep_rootfs)
+                           sysprep=report, rootfs=spec.keep_rootfs, boot=booted)
 
     def _materialise(self, plan: SourcePlan, work: Path) -> Path:
         """Turn the source into a rootfs directory; return it."""
@@ -252,9 +271,12 @@ class _Build:
         root = spec.keep_rootfs if spec.keep_rootfs is not None else work / "rootfs"
         if root.is_dir():
             root.rmdir()  # checked empty: extract/bootstrap/cp want to create it
-        if plan.bootstrap is not None:
+        if plan.bootstrap is not None:  # a bootstrap is cached as a tarball, then extracted
             with steps(Step.BOOTSTRAP):
-                bootstrap.create(plan.bootstrap, root, progress=progress)
+                tarball, _ = bootstrap.cached(plan.bootstrap, spec.cache_dir
+                                              or default_cache_dir(), progress=progress)
+            with steps(Step.EXTRACT):
+                archive.extract(tarball, root, progress=progress)
             return root
         if plan.kind == "directory":
             with steps(Step.COPY):
@@ -269,6 +291,21 @@ class _Build:
         with steps(Step.EXTRACT):
             archive.extract(archive_path, root, progress=progress)
         return root
+
+
+#: What ``boot_test=`` may set (the rest of boot_test()'s options come from the build).
+BOOT_OPTIONS = frozenset({"kernel", "timeout", "memory", "accel", "boots", "fail_fast",
+                          "log_dir"})
+
+
+def _boot_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        return {}
+    unknown = sorted(set(value) - BOOT_OPTIONS)
+    if unknown:
+        raise SpecError(f"unknown boot_test option(s): {', '.join(unknown)}", key="boot_test",
+                        hint=f"use: {', '.join(sorted(BOOT_OPTIONS))}")
+    return dict(value)
 
 
 def _check_upload(upload: Upload | None, plan: SourcePlan) -> Upload | None:

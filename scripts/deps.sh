@@ -4,7 +4,7 @@
 
 APT_PACKAGES="libarchive13 squashfs-tools mmdebstrap gnupg gpgv pigz acl attr libcap2-bin
   apt-utils iproute2 util-linux mount xz-utils zstd bzip2 ca-certificates python3 python3-venv
-  python3-pip"
+  python3-pip qemu-system-x86 e2fsprogs fdisk"
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then

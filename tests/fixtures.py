@@ -24,6 +24,44 @@ from maas_chroot.sources import hostapt
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maas-chroot-tests"
 IS_ROOT = os.geteuid() == 0
+REPO = Path(__file__).resolve().parent.parent
+#: What a MAAS deployment needs in a Debian image (kernel, init, cloud-init, netplan, sshd,
+#: and a resolver manager so the deployed machine's DNS works): the boot test's image.
+BOOT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "cloud-init", "netplan.io",
+                 "openssh-server", "systemd-resolved")
+
+
+def qemu_processes(parent: int | None = None, *, using: int | None = None) -> list[int]:
+    """PIDs of running QEMU system emulators: children of ``parent``, or started on the
+    scratch files (``/proc/PID/fd/N``) of the process ``using``."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (p / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if not comm.startswith("qemu-system"):
+            continue
+        if (parent is not None and ppid == parent) or \
+                (using is not None and f"/proc/{using}/fd/" in cmdline):
+            found.append(int(p.name))
+    return found
+
+
+def scratch_files(under: Path) -> list[str]:
+    """Deleted files below ``under`` that some process still holds open."""
+    held = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except OSError:
+            continue
+        held += [t for t in links if t.startswith(str(under)) and t.endswith(" (deleted)")]
+    return held
 
 
 def build_minbase(dest: Path, *, include: tuple[str, ...] = (), suite: str | None = None) -> Path:

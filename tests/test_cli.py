@@ -118,8 +118,8 @@ def test_upload_without_credentials_fails_before_building(
     assert recorded_build == []
 
 
-@pytest.mark.parametrize("verb", ["build", "fetch", "extract", "shell", "pack", "upload",
-                                  "recover"])
+@pytest.mark.parametrize("verb", ["build", "fetch", "extract", "shell", "pack", "boot-test",
+                                  "upload", "recover"])
 def test_every_verb_has_help_with_examples(verb: str, capsys: pytest.CaptureFixture[str]
                                            ) -> None:
     assert cli.main([verb, "--help"]) == 0
@@ -137,6 +137,27 @@ def test_usage_error_is_one_line_and_exit_1() -> None:
 
 
 @pytest.mark.root
+def test_boot_test_flags_reach_build(recorded_build: list[tuple[Any, ...]],
+                                     tmp_path: Path) -> None:
+    argv = ["build", "noble", "-o", str(tmp_path / "o.tgz"), "--boot-test", "--boots", "2",
+            "--kernel", "linux-generic", "--accel", "tcg", "--boot-timeout", "600"]
+    assert cli.main(argv) == 0
+    [(_, _, spec)] = recorded_build
+    assert spec.boot_test == {"boots": 2, "kernel": "linux-generic", "accel": "tcg",
+                              "timeout": 600.0}
+    assert cli.main(["build", "noble", "-o", str(tmp_path / "o.tgz")]) == 0
+    assert recorded_build[-1][2].boot_test is False
+
+
+@pytest.mark.root
+def test_boot_test_of_something_curtin_cannot_deploy_is_one_clear_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tgz"
+    junk.write_text("not an image\n")
+    proc = run_cli("boot-test", str(junk))
+    assert_one_clear_error(proc, "cannot boot-test", "not a tar archive", "junk.tgz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.tgz"]
+
+
 def test_bad_source_is_one_clear_line(tmp_path: Path) -> None:
     proc = run_cli("build", str(tmp_path / "missing.tar.xz"), "-o", str(tmp_path / "o.tgz"))
     assert_one_clear_error(proc, "image source not found", "missing.tar.xz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tarfile
@@ -66,8 +67,12 @@ def test_bootstrap_of_a_suite_the_host_lacks_asks_for_a_mirror() -> None:
                                                          "/k.gpg")
     argv = bootstrap.argv(spec, "/srv/root")
     assert argv[0] == "mmdebstrap" and "--mode=unshare" in argv
-    assert "--dpkgopt=force-unsafe-io" in argv
-    assert "--dpkgopt=force-unsafe-io" not in bootstrap.argv(spec, "/srv/root.tar")
+    assert "--dpkgopt=force-unsafe-io" in argv  # removed again by the customize hook:
+    hook = next(a for a in argv if a.startswith("--customize-hook="))
+    assert '"$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"' in hook
+    assert bootstrap.argv(spec, "/srv/root.tar")[:-3] == argv[:-3]
+    bare = bootstrap.argv(dataclasses.replace(spec, variant="extract"), "/srv/root.tar")
+    assert not any(a.startswith(("--dpkgopt", "--customize-hook")) for a in bare)
     assert argv[-3:] == ["noble", "/srv/root", "http://127.0.0.1:9/ubuntu"]
 
 
@@ -193,13 +198,14 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
         hostapt.host_mirror(suite)
     except mc.SourceError:
         pytest.skip("the host's apt has no mirror for its own suite")
-    out = tmp_path / "boot.tgz"
+    out, cache = tmp_path / "boot.tgz", tmp_path / "cache"
     # the smallest bootstrap that can run a command: unpacked, no maintainer scripts
-    res = mc.build(f"bootstrap:{suite}", out, variant="extract", workdir=tmp_path,
+    options = dict(variant="extract", workdir=tmp_path, cache_dir=cache,
                    include=["base-files", "base-passwd", "libc6", "dash", "coreutils"],
                    commands=["echo bootstrapped > /etc/motd"], progress=False)
+    res = mc.build(f"bootstrap:{suite}", out, **options)  # type: ignore[arg-type]
     assert res.source == f"bootstrap {suite}"
-    assert [s for s, _ in res.steps][:2] == ["check", "bootstrap"]
+    assert [s for s, _ in res.steps][:3] == ["check", "bootstrap", "extract"]
     members = _names(out)
     assert _read(out, "etc/motd") == b"bootstrapped\n"
     assert members["etc/debian_version"].uid == 0 and members["etc/debian_version"].gid == 0
@@ -207,5 +213,12 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
     assert dash.isfile() and dash.mode & 0o111
     assert "etc/dpkg/dpkg.cfg.d/99mmdebstrap" not in members  # build-time speed-ups only
     assert "etc/apt/apt.conf.d/99mmdebstrap" not in members
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz", "cache"]
+    # the bootstrap is cached as a tarball: a second build reuses it, byte for byte
+    [tarball] = (cache / "bootstrap").glob("*.tar")
+    made = tarball.stat().st_mtime_ns
+    mc.build(f"bootstrap:{suite}", tmp_path / "again.tgz", **options)  # type: ignore[arg-type]
+    assert tarball.stat().st_mtime_ns == made and list((cache / "bootstrap").glob("*.tar")) \
+        == [tarball]
+    assert _names(tmp_path / "again.tgz").keys() == members.keys()  # the same tree again
     assert os.stat(out).st_size == res.size

@@ -33,6 +33,12 @@ def helper_argv(*args: str) -> list[str]:
     return [sys.executable or "python3", "-I", "-S", "-c", _BOOT, *args]
 
 
+def dying_with_us(argv: list[str]) -> list[str]:
+    """``argv`` run on the host through the helper, so that it dies with this process (and
+    with the thread that starts it), even on SIGKILL."""
+    return helper_argv("exec", str(os.getpid()), "--", *argv)
+
+
 def pyroute2_path(root: str) -> str:
     spec = importlib.util.find_spec("pyroute2")
     if spec is None or not spec.submodule_search_locations:

@@ -19,8 +19,11 @@ its start-up time (the per-command overhead) stays small. Two modes:
     Unshare a network namespace, bring ``lo`` up with pyroute2 (imported from
     SYSPATH), print ``ready`` and hold the namespace until stdin is closed.
 
-Both modes die with their parent (``PR_SET_PDEATHSIG``), so a SIGKILLed
-session leaves no process behind.
+``exec PARENT -- ARGV...``
+    Exec ARGV on the host, set to die with PARENT (how a boot test starts QEMU).
+
+Every mode dies with its parent (``PR_SET_PDEATHSIG``), so a SIGKILLed
+caller leaves no process behind.
 """
 
 from __future__ import annotations
@@ -368,15 +371,24 @@ def main_netns(args: list[str]) -> int:
     return 0
 
 
+def main_exec(args: list[str]) -> int:
+    """``exec PARENT -- ARGV...``: run ARGV (on the host) so that it dies with PARENT."""
+    die_with_parent(int(args[0]))
+    try:
+        _execvp(args[2:], os.environ)
+    except (OSError, IndexError) as e:
+        sys.stderr.write(f"maas-chroot: exec helper: cannot execute {args[2:]}: {e}\n")
+    return NOT_FOUND
+
+
 def main(argv: list[str]) -> int:
     # The session starts helpers while it holds SIGINT/SIGTERM blocked (set-up, tear-down);
     # a blocked mask is inherited, and would make the helpers deaf to terminate().
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    if len(argv) >= 2 and argv[1] == "run":
-        return main_run(argv[2:])
-    if len(argv) >= 2 and argv[1] == "netns":
-        return main_netns(argv[2:])
-    sys.stderr.write("usage: nsexec.py run|netns ...\n")
+    modes = {"run": main_run, "netns": main_netns, "exec": main_exec}
+    if len(argv) >= 2 and argv[1] in modes:
+        return modes[argv[1]](argv[2:])
+    sys.stderr.write("usage: nsexec.py run|netns|exec ...\n")
     return 2
 
 

@@ -61,6 +61,10 @@ EXAMPLES = {
       --script ./setup.sh --apt-proxy http://squid:3128 --keep-rootfs /srv/noble-root
   # a Debian image bootstrapped from this machine's mirror (no cloud image needed):
   maas-chroot build bootstrap:bookworm --install jq -o bookworm.tgz
+  # a deployable Debian image, proven to boot (in QEMU) before it is uploaded:
+  maas-chroot build bootstrap:bookworm -o bookworm.tgz --boot-test \\
+      --install linux-image-amd64,systemd-sysv,udev,cloud-init,netplan.io,openssh-server \\
+      --upload custom/bookworm --profile admin
   # a local archive or rootfs directory, no network inside the chroot:
   maas-chroot build ./rootfs.tar.xz --network none --run 'echo hi > /etc/motd' -o out.tgz
 
@@ -86,6 +90,10 @@ variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
   maas-chroot upload noble-custom.tgz --name custom/noble-custom --profile admin
   MAAS_URL=http://maas:5240/MAAS MAAS_API_KEY=... \\
       maas-chroot upload img.tgz --name custom/img --title 'My image' --base-image ubuntu/noble""",
+    "boot-test": """examples:
+  maas-chroot boot-test noble-custom.tgz              # deploy as curtin would, boot, report
+  maas-chroot boot-test img.tgz --boots 2             # two fresh deployments: two identities
+  maas-chroot boot-test noble.tgz --kernel linux-generic --accel tcg --timeout 1200""",
     "recover": """examples:
   maas-chroot recover /srv/work/noble   # after a session was killed (SIGKILL, power loss)""",
 }
@@ -126,6 +134,26 @@ def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
     g.add_argument("--profile", help="a `maas login` profile name")
     g.add_argument("--maas-url", help="MAAS URL, e.g. http://maas:5240/MAAS")
     g.add_argument("--api-key", help="MAAS API key (consumer:token:secret)")
+
+
+def _boot_flags(p: argparse.ArgumentParser, *, in_build: bool) -> None:
+    g = p.add_argument_group("boot test")
+    if in_build:
+        g.add_argument("--boot-test", action="store_true",
+                       help="deploy the packed image as curtin would and boot it in QEMU "
+                            "before uploading; a failing image is not uploaded")
+    g.add_argument("--boots", type=int, default=1 if not in_build else None, metavar="N",
+                   help="fresh deployments to boot (2 proves unique identities)")
+    g.add_argument("--kernel", metavar="PKG", help="kernel package to install into the "
+                                                   "deployed copy when the image has none")
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=None,
+                   help="QEMU accelerator (default auto: KVM if a guest really boots with it)")
+    g.add_argument("--boot-timeout", dest="boot_timeout", type=float, metavar="S",
+                   help="seconds a boot has to report (default 180 KVM, 900 TCG)")
+    g.add_argument("--memory", type=int, default=None, metavar="MIB",
+                   help="guest memory (default 1024)")
+    g.add_argument("--no-fail-fast", dest="fail_fast", action="store_false",
+                   help="boot even when the deployment already fails")
 
 
 def _common(*, top: bool) -> argparse.ArgumentParser:
@@ -211,6 +239,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--workdir", metavar="DIR", help="parent of the temporary work dir "
                                                     "(default: /var/tmp)")
     w.add_argument("--level", type=int, default=6, help="compression level (default: 6)")
+    _boot_flags(b, in_build=True)
     _maas_flags(b, name_flag="--upload")
 
     f = _verb(sub, "fetch", "download and verify a cloud image (cached); print its path", common)
@@ -241,6 +270,14 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("file", metavar="FILE")
     u.add_argument("--filetype", help="tgz, tbz, txz, ddgz... (default: from the content)")
     _maas_flags(u, name_flag="--name")
+
+    t = _verb(sub, "boot-test", "deploy an image as curtin would, boot it in QEMU and report "
+                                "whether first boot works", common)
+    t.add_argument("image", metavar="IMAGE")
+    t.add_argument("--workdir", metavar="DIR", help="scratch space (default: /var/tmp)")
+    t.add_argument("--log-dir", dest="log_dir", metavar="DIR",
+                   help="where the console logs go (default: beside the image)")
+    _boot_flags(t, in_build=False)
 
     r = _verb(sub, "recover", "undo what a killed chroot session left in a rootfs", common)
     r.add_argument("root", metavar="DIR")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from .. import chroot
 from ..archive import archiving as archive
+from ..boot import boot_test
+from ..boot.runner import failure as boot_failure
 from ..customise.scrubbing import sysprep
 from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
 from ..maas import client as maas
@@ -36,6 +38,7 @@ ROOT_VERBS = {
     "shell": "mounts and chroots",
     "pack": "reads every file of the image, whoever owns it",
     "recover": "restores files owned by root inside the image",
+    "boot-test": "deploys the image with its owners and device nodes, and chroots into it",
 }
 
 
@@ -105,7 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise PrivilegeError(f"`{PROG} {verb}` must run as root: it {ROOT_VERBS[verb]}",
                              hint=f"run it with sudo: sudo {PROG} {verb} ...")
     handler = {"build": _build, "fetch": _fetch_verb, "extract": _extract, "shell": _shell,
-               "pack": _pack, "upload": _upload, "recover": _recover}[verb]
+               "pack": _pack, "upload": _upload, "recover": _recover,
+               "boot-test": _boot_test}[verb]
     return handler(args)
 
 
@@ -141,11 +145,25 @@ def build_spec(args: argparse.Namespace) -> BuildSpec:
         keep_rootfs=args.keep_rootfs, in_place=args.in_place, arch=args.arch, fmt=args.fmt,
         stream=args.stream, mirror=args.mirror, keyring=args.keyring, verify=args.verify,
         sha256=args.sha256, sums_url=args.sums_url, cache_dir=args.cache_dir,
-        variant=args.variant, include=args.include, level=args.level, upload=upload)
+        variant=args.variant, include=args.include, level=args.level, upload=upload,
+        boot_test=boot_options(args) if args.boot_test else False)
+
+
+def boot_options(args: argparse.Namespace) -> dict[str, object]:
+    """The boot_test() options the boot-test flags give (only those given)."""
+    given = {"kernel": args.kernel, "boots": args.boots, "accel": args.accel,
+             "timeout": args.boot_timeout, "memory": args.memory}
+    options: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if not args.fail_fast:
+        options["fail_fast"] = False
+    return options
 
 
 def _build(args: argparse.Namespace) -> int:
-    print(repr(build(build_spec(args), progress=args.progress)))
+    result = build(build_spec(args), progress=args.progress)
+    if result.boot is not None:
+        print(result.boot)
+    print(repr(result))
     return 0
 
 
@@ -197,6 +215,15 @@ def _upload(args: argparse.Namespace) -> int:
                         filetype=args.filetype, base_image=args.base_image,
                         progress=args.progress)
     print(repr(res))
+    return 0
+
+
+def _boot_test(args: argparse.Namespace) -> int:
+    report = boot_test(args.image, workdir=args.workdir, log_dir=args.log_dir, check=False,
+                       progress=args.progress, **boot_options(args))  # type: ignore[arg-type]
+    print(report)
+    if not report.ok:
+        raise boot_failure(report)
     return 0
 
 

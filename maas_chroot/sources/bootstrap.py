@@ -18,16 +18,23 @@ while installing packages can never be left behind on the host.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import formats, rootfs, run
+from filelock import FileLock
+
 from .. import progress as _progress
+from .. import run
 from ..errors import CommandError, SourceError, tail
 from . import hostapt
 
@@ -37,11 +44,16 @@ log = logging.getLogger(__name__)
 VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "important",
             "standard")
 
-#: Build-time speed-ups for a directory target: dpkg without fsync (the disk is synced
-#: once, at pack time) and no translation indexes. mmdebstrap writes them into these
-#: files of the image, which create() removes afterwards.
+#: Build-time speed-ups: dpkg without fsync (the disk is synced once, at pack time) and
+#: no translation indexes. mmdebstrap writes them into these files of the image, which a
+#: customize hook removes before the image is finished (directory or tarball alike);
+#: mmdebstrap runs no hooks for the variants of _NO_HOOKS, which get neither.
 _FAST_OPTS = ("--dpkgopt=force-unsafe-io", '--aptopt=Acquire::Languages "none"')
 _FAST_FILES = ("/etc/dpkg/dpkg.cfg.d/99mmdebstrap", "/etc/apt/apt.conf.d/99mmdebstrap")
+#: Variants mmdebstrap runs no hooks for (and whose packages are merely unpacked).
+_NO_HOOKS = ("extract", "custom")
+#: How long a cached bootstrap tarball is reused (the mirror moves on: security updates).
+CACHE_HOURS = 24.0
 
 
 @dataclass(frozen=True)
@@ -86,11 +98,6 @@ def spec_for(suite: str, *, mirror: str | None = None,
                          keyring=key, variant=variant, include=tuple(include), arch=arch)
 
 
-def is_directory_target(target: str | os.PathLike[str]) -> bool:
-    """mmdebstrap writes a directory unless the name says archive."""
-    return not os.fspath(target).lower().endswith(formats.ARCHIVE_SUFFIXES)
-
-
 def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
     """The mmdebstrap command line for ``spec`` writing ``target`` (a directory or a tarball)."""
     args = ["mmdebstrap", "--mode=unshare", f"--variant={spec.variant}",
@@ -101,8 +108,9 @@ def argv(spec: BootstrapSpec, target: str | os.PathLike[str]) -> list[str]:
         args.append("--include=" + ",".join(spec.include))
     if spec.arch:
         args.append(f"--architectures={spec.arch}")
-    if is_directory_target(target):
+    if spec.variant not in _NO_HOOKS:
         args += _FAST_OPTS
+        args.append("--customize-hook=rm -f " + " ".join(f'"$1{p}"' for p in _FAST_FILES))
     return [*args, spec.suite, os.fspath(target), spec.uri]
 
 
@@ -135,7 +143,27 @@ def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
             hint="check the suite name and the mirror (and --keyring for a foreign "
                  "distribution); -v shows the full mmdebstrap output",
         ) from e
-    if is_directory_target(target):
-        for path in _FAST_FILES:  # ours alone: mmdebstrap made them from _FAST_OPTS
-            rootfs.unlink(target, path)
     return target
+
+
+def cached(spec: BootstrapSpec, cache_dir: str | os.PathLike[str], *,
+           progress: bool | None = None) -> tuple[Path, bool]:
+    """A tarball of ``spec`` in ``cache_dir/bootstrap``, made with mmdebstrap unless one less
+    than :data:`CACHE_HOURS` old is there; returns it and whether it came from the cache."""
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+    out = Path(os.fspath(cache_dir)) / "bootstrap" / f"{spec.suite}-{key.hexdigest()[:16]}.tar"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(os.fspath(out) + ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - out.stat().st_mtime < CACHE_HOURS * 3600:
+                log.info("bootstrap %s: using %s (made %.1f h ago)", spec.suite, out,
+                         (time.time() - out.stat().st_mtime) / 3600)
+                return out, True
+        part = out.with_name(out.name.removesuffix(".tar") + ".part.tar")
+        part.unlink(missing_ok=True)
+        try:
+            create(spec, part, progress=progress)
+            os.replace(part, out)
+        finally:
+            part.unlink(missing_ok=True)
+    return out, False

@@ -1,0 +1,112 @@
+"""Reading a guest's serial console: milestones, and the lines that mean a boot has failed.
+
+Each console line is timestamped on the host as it arrives, so milestones are
+seconds since QEMU started. A fatal line ends the boot at once with a reason
+(no waiting for a timeout): a kernel panic, a root filesystem the kernel cannot
+mount, no init, the initramfs's rescue shell, or systemd's emergency mode.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Milestone name -> the console line that marks it (first match wins).
+MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("kernel", re.compile(r"Linux version \d")),
+    ("initramfs", re.compile(r"Run /init as init process")),
+    ("userspace", re.compile(r"Welcome to .*!|systemd\[1\]: .*running in system mode")),
+    ("multi-user", re.compile(r"Reached target .*(multi-user\.target|Multi-User System)")),
+    ("cloud-init", re.compile(r"Cloud-init v\. \S+ finished at")),
+    ("login", re.compile(r"\S login: ")),
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a fatal console line means: a ``reason`` code and a sentence for people."""
+
+    reason: str
+    what: str
+    hint: str
+
+
+#: Patterns that end a boot, checked in this order (the more specific first).
+FATAL: tuple[tuple[re.Pattern[str], Failure], ...] = (
+    (re.compile(r"VFS: Unable to mount root fs"), Failure(
+        "no-root-fs", "the kernel could not mount the root filesystem",
+        "the kernel has no driver for the disk or filesystem built in: boot it with its "
+        "initramfs (install initramfs-tools, so curtin's update-initramfs makes one)")),
+    (re.compile(r"No working init found|Target filesystem doesn't have requested|"
+                r"No init found|Failed to execute /init|init not found"), Failure(
+        "no-init", "the root filesystem has no usable init (/sbin/init)",
+        "install systemd-sysv (it provides /sbin/init), or fix the /sbin/init symlink")),
+    (re.compile(r"Attempted to kill init"), Failure(
+        "init-died", "init (PID 1) crashed", "look at the console log above the panic")),
+    (re.compile(r"Kernel panic - not syncing"), Failure(
+        "kernel-panic", "the kernel panicked", "look at the console log above the panic")),
+    (re.compile(r"ALERT! .* does not exist|Dropping to a shell|^\(initramfs\) "), Failure(
+        "initramfs-shell", "the initramfs could not find the root filesystem and dropped to "
+        "its rescue shell", "check the root= device and that the initramfs has the disk "
+        "driver (virtio_blk) and the filesystem (ext4)")),
+    (re.compile(r"You are in emergency mode|Give root password for maintenance|"
+                r"Cannot open access to console, the root account is locked"), Failure(
+        "emergency", "systemd stopped in emergency mode",
+        "a mount in /etc/fstab or a unit required for boot failed: see the console log")),
+)
+
+
+def fatal(line: str) -> Failure | None:
+    """The failure ``line`` announces, or None."""
+    for pattern, failure in FATAL:
+        if pattern.search(line):
+            return failure
+    return None
+
+
+class Console:
+    """The lines of one guest's console, with their arrival times (seconds since start)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.milestones: dict[str, float] = {}
+        self.failure: Failure | None = None
+        self.failure_line: str | None = None
+        self.ended: float | None = None  # when the console closed (QEMU exited)
+        self._pending = b""
+
+    def feed(self, data: bytes, at: float) -> None:
+        self._pending += data
+        *complete, self._pending = self._pending.split(b"\n")
+        for raw in complete:
+            self.add(raw.decode("utf-8", "replace").rstrip("\r"), at)
+
+    def flush(self, at: float) -> None:
+        if self._pending:
+            self.add(self._pending.decode("utf-8", "replace").rstrip("\r"), at)
+            self._pending = b""
+
+    def add(self, line: str, at: float) -> None:
+        clean = _ANSI.sub("", line)
+        self.lines.append((at, clean))
+        for name, pattern in MILESTONES:
+            if name not in self.milestones and pattern.search(clean):
+                self.milestones[name] = round(at, 2)
+        if self.failure is None:
+            found = fatal(clean)
+            if found is not None:
+                self.failure, self.failure_line = found, clean.strip()
+
+    def text(self) -> str:
+        return "".join(f"[{at:7.2f}] {line}\n" for at, line in self.lines)
+
+    def quote(self, *, around: str | None = None, count: int = 8) -> tuple[str, ...]:
+        """Console lines to quote in an error: those around ``around``, else the last ones."""
+        texts = [line for _, line in self.lines if line.strip()]
+        if around is not None and around in texts:
+            i = texts.index(around)
+            return tuple(texts[max(0, i - count + 2): i + 2])
+        return tuple(texts[-count:])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
