@@ -242,7 +242,7 @@ class _Build:
                     packed = archive.pack(root, spec.output, compression=compression,
                                           level=spec.level, progress=self.progress)
                 booted = None
-                if spec.boot_test:
+                if spec.boot_test is True or isinstance(spec.boot_test, Mapping):
                     with steps(Step.BOOT_TEST):
                         booted = boot_test(packed.path, progress=self.progress,
                                            workdir=spec.workdir or DEFAULT_WORKDIR,
@@ -299,8 +299,11 @@ BOOT_OPTIONS = frozenset({"kernel", "timeout", "memory", "accel", "boots", "fail
 
 
 def _boot_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
+    if isinstance(value, bool):
         return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"boot_test must be True, False or a dict of boot_test() options, not "
+                        f"{value!r}", key="boot_test", hint='e.g. boot_test={"boots": 2}')
     unknown = sorted(set(value) - BOOT_OPTIONS)
     if unknown:
         raise SpecError(f"unknown boot_test option(s): {', '.join(unknown)}", key="boot_test",

@@ -145,6 +145,8 @@ def test_boot_test_flags_reach_build(recorded_build: list[tuple[Any, ...]],
     [(_, _, spec)] = recorded_build
     assert spec.boot_test == {"boots": 2, "kernel": "linux-generic", "accel": "tcg",
                               "timeout": 600.0}
+    assert cli.main(["build", "noble", "-o", str(tmp_path / "o.tgz"), "--boot-test"]) == 0
+    assert recorded_build[-1][2].boot_test == {}  # on, with boot_test()'s defaults
     assert cli.main(["build", "noble", "-o", str(tmp_path / "o.tgz")]) == 0
     assert recorded_build[-1][2].boot_test is False
 
