@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import CACHE, IS_ROOT, build_minbase, gnu_extract
+from servers.tls import TestCA, make_ca
 
 from maas_chroot import rootfs
 
@@ -103,3 +104,15 @@ def minbase_root(minbase_tar: Path, tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         rootfs.remove_tree(root)
+
+
+@pytest.fixture(scope="session")
+def maas_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A private CA and a certificate for 127.0.0.1 it signed (what MAAS's TLS uses)."""
+    return make_ca(tmp_path_factory.mktemp("maas-ca"))
+
+
+@pytest.fixture(scope="session")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """Another CA, which did not sign the MAAS certificate."""
+    return make_ca(tmp_path_factory.mktemp("other-ca"), name="some-other-ca")

@@ -16,12 +16,11 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import chroot
+from .. import chroot, maas
 from ..archive import archiving as archive
 from ..customise.scrubbing import sysprep
 from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
-from ..maas import client as maas
-from ..maas.client import Upload
+from ..maas import Upload
 from ..pipeline import BuildSpec, build
 from ..sources import plans
 from ..sources.fetching import fetch
