@@ -6,6 +6,7 @@ The helpers they use (and that tests import) live in ``fixtures.py``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -72,6 +73,16 @@ def host_stays_clean(tmp_path: Path) -> Iterator[None]:
             os.kill(pid, 9)
     assert not leaked, f"test leaked mounts into the host namespace: {leaked}"
     assert not stray, f"test left processes chrooted under {basetemp}: {stray}"
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """Undo what an in-process ``cli.main()`` does to the package's logger (its own
+    handler, no propagation), so later tests' ``caplog`` sees the records again."""
+    top = logging.getLogger("maas_chroot")
+    saved = (list(top.handlers), top.level, top.propagate)
+    yield
+    top.handlers, top.level, top.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture(scope="session")

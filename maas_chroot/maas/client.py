@@ -227,10 +227,14 @@ class MaasClient:
                              chunk_size=chunk_size).send(path, progress=progress)
 
     def wait(self, resource: BootResource | int, *, timeout: float = WAIT_TIMEOUT,
-             interval: float = 2.0, progress: bool | None = None) -> BootResource:
-        """Poll until MAAS says every region controller holds the newest set, verified."""
+             interval: float = 5.0, progress: bool | None = None) -> BootResource:
+        """Poll until MAAS says every region controller holds the newest set, verified.
+
+        Polls soon at first, then less often, ``interval`` seconds apart at most.
+        """
         rid = resource.id if isinstance(resource, BootResource) else int(resource)
         deadline = time.monotonic() + timeout
+        delay = min(0.2, interval)
         current = self.get(rid)
         if current.complete is None:
             raise MaasApiError(f"{current.full_name} (boot resource {rid}) has no file to "
@@ -249,7 +253,8 @@ class MaasClient:
                         "(timeout=, --wait-timeout), and check that each region controller "
                         "reaches the others on port 5240 (the copies go through "
                         "/MAAS/boot-resources/)")
-                time.sleep(interval)
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 1.5, interval)
                 current = self.get(rid)
             bar.update(100.0 - bar.n)
         logger.info("%s is complete on every region controller", current.full_name)
