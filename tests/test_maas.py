@@ -605,6 +605,18 @@ def test_an_untrusted_certificate_is_a_clear_error(tls_fake: FakeMaas, tmp_path:
         assert mm.MaasClient(tls_fake.url, tls_fake.api_key, verify_tls=False).images() == []
 
 
+def test_an_http_url_on_a_maas_with_tls_is_told_to_use_https(fake: FakeMaas,
+                                                              tmp_path: Path) -> None:
+    fake.redirect_to = "https://127.0.0.1:5443"
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with pytest.raises(MaasApiError) as e:
+        client(fake).upload(image, name="x", progress=False)
+    assert e.value.status == 301
+    assert "redirected to https://127.0.0.1:5443/MAAS/api/2.0/boot-resources/" in e.value.message
+    assert "use the https URL" in (e.value.hint or "")
+    assert calls(fake) == ["list"]                      # nothing followed, nothing posted
+
+
 # --- names: what MAAS stores, and what deploy finds --------------------------------------------
 
 def _raw_create(c: mm.MaasClient, name: str) -> dict[str, object]:

@@ -36,7 +36,9 @@ named are canonical/maas's; `forms` = ``src/maasserver/forms/__init__.py``, `api
 * the deploy-time lookups: :meth:`FakeMaas.get_resource_for`
   (``BootResourceManager.get_resource_for``), :meth:`FakeMaas.base_osystem_series`
   (``preseed.get_base_osystem_series``) and :meth:`FakeMaas.deploy`.
-* ``max_body``: a reverse proxy's body limit (nginx answers 413 with an HTML page).
+* ``max_body``: a reverse proxy's body limit (nginx answers 413 with an HTML page);
+  ``redirect_to``: what the region's nginx does on http once TLS is on (``return 301
+  https://$host:5443$request_uri``, the template of ``maas config-tls``).
 
 Content lives in files on disk (all-zero chunks are stored as holes), never in memory.
 ``faults`` injects failures per PUT (0-based index of the PUT request).
@@ -150,6 +152,7 @@ class FakeMaas:
                             else distro_info)
         self.sync_seconds = sync_seconds
         self.max_body = max_body
+        self.redirect_to: str | None = None    # e.g. "https://127.0.0.1:5443"
         self.faults = dict(faults)
         self.consumer_key = os.urandom(9).hex()
         self.token_key = os.urandom(9).hex()

@@ -137,6 +137,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._answer(413, _NGINX_413, ctype="text/html",
                              extra={"Connection": "close"})
                 return
+            if fake.redirect_to is not None:
+                self._drain(length)
+                record(301)
+                self._answer(301, "", ctype="text/html",
+                             extra={"Location": fake.redirect_to + self.path})
+                return
             rel = url.path[len(PREFIX):] if url.path.startswith(PREFIX) else None
             if rel in ("describe/", "version/") and self.command == "GET":
                 record(200)                # anonymous handlers: no signature needed
