@@ -774,6 +774,9 @@ def test_a_prefixed_twin_from_3_8_is_reported_and_replaced(
         c.upload(image, name="app", replace=True, progress=False)
         assert twin not in fake.resources
         assert [r.name for r in c.find("app")] == ["app"]
+        # 3.8 takes custom/jammy (this client would not send it); it can still be deleted
+        jammy = _raw_create(c, "custom/jammy")["id"]
+        assert c.delete("custom/jammy").id == jammy and jammy not in fake.resources
 
 
 # --- base-image rules: MAAS's own words ----------------------------------------------------------

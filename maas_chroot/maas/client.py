@@ -34,7 +34,7 @@ from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
 from .. import progress as _progress
-from ..errors import ArgumentError, MaasApiError, MaasCredentialsError
+from ..errors import ArgumentError, ImageNameError, MaasApiError, MaasCredentialsError
 from . import api, names, tls, upload
 from .profiles import read_profile
 from .resource import BootResource
@@ -172,8 +172,12 @@ class MaasClient:
                 if architecture is None or r.architecture == architecture]
 
     def find(self, name: str, *, architecture: str | None = None) -> list[BootResource]:
-        """The custom images named ``name`` (``custom/foo`` or ``foo``, stored either way)."""
-        wanted = names.bare_name(name)
+        """The custom images named ``name`` (``custom/foo`` or ``foo``, stored either way).
+
+        Not checked against the naming rules: MAAS 3.8 accepts ``custom/jammy``, which
+        this client would refuse to upload, and it must still be found to be deleted.
+        """
+        wanted = _release(name)
         return [r for r in self.boot_resources(type="uploaded")
                 if names.same_name(r.name, wanted)
                 and (architecture is None or r.architecture == architecture)]
@@ -186,7 +190,7 @@ class MaasClient:
         else:
             found = self.find(name_or_id, architecture=architecture)
         shown = (f"boot resource {name_or_id}" if isinstance(name_or_id, int) else
-                 f"custom/{names.bare_name(name_or_id)}"
+                 f"custom/{_release(name_or_id)}"
                  + (f" for {architecture}" if architecture else ""))
         if not found:
             raise MaasApiError(f"MAAS has no custom image {shown}", url=self.api_url,
@@ -294,3 +298,12 @@ class MaasClient:
                                f"something that is not JSON: {text[:200]!r}", url=r.url,
                                status=r.status_code, body=text,
                                hint="check the MAAS URL (it usually ends in /MAAS)") from e
+
+
+def _release(name: str) -> str:
+    """``custom/foo`` or ``foo`` -> ``foo`` (refusing only what cannot be a name)."""
+    bare = name.strip().removeprefix("custom/") if isinstance(name, str) else ""
+    if not bare or "/" in bare:
+        raise ImageNameError(f"{name!r} is not a custom image name",
+                             hint="give custom/NAME or NAME (or the boot resource's id)")
+    return bare
