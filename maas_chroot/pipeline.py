@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import rootfs
+from . import maas, rootfs
 from .archive import archiving as archive
 from .boot import BootReport, boot_test
 from .customise.customisation import Customisation, customise
 from .customise.scrubbing import SysprepReport
 from .customise.scrubbing import sysprep as _sysprep
 from .errors import BuildError, MaasChrootError, PrivilegeError, SpecError
-from .maas import client as maas
-from .maas.client import Upload
+from .maas import Upload
 from .progress import human_size
 from .sources import bootstrap, plans
 from .sources import image as sources
@@ -158,7 +157,9 @@ class BuildResult:
         if self.uploaded is not None:
             up = self.uploaded
             lines.append(f"  uploaded  {up.full_name} (id {up.id}, {up.architecture}"
-                         + (f", base_image {up.base_image}" if up.base_image else "") + ")")
+                         + (f", base_image {up.base_image}" if up.base_image else "")
+                         + ("" if up.complete else ", syncing to the other region controllers"
+                            if up.complete is False else ", not read back") + ")")
         if self.boot is not None:
             lines.append(f"  boot test {'OK' if self.boot.ok else 'FAILED'}: "
                          f"{len(self.boot.runs)} boot(s), {self.boot.accel.upper()}, "
@@ -250,10 +251,9 @@ class _Build:
                 uploaded = None
                 if up is not None:
                     with steps(Step.UPLOAD):
-                        uploaded = up.client.upload(
-                            packed, name=up.name, title=up.title, architecture=up.architecture,
-                            filetype=up.filetype or filetype, base_image=up.base_image,
-                            progress=self.progress)
+                        uploaded = dataclasses.replace(
+                            up, filetype=up.filetype or filetype).send(packed,
+                                                                       progress=self.progress)
                 stack.pop_all()  # success: the work dir goes now, timed, not again on unwind
                 with steps(Step.CLEANUP):
                     _remove_quietly(work)

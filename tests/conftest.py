@@ -6,6 +6,7 @@ The helpers they use (and that tests import) live in ``fixtures.py``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import CACHE, IS_ROOT, build_minbase, gnu_extract
+from servers.tls import TestCA, make_ca
 
 from maas_chroot import rootfs
 
@@ -73,6 +75,16 @@ def host_stays_clean(tmp_path: Path) -> Iterator[None]:
     assert not stray, f"test left processes chrooted under {basetemp}: {stray}"
 
 
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """Undo what an in-process ``cli.main()`` does to the package's logger (its own
+    handler, no propagation), so later tests' ``caplog`` sees the records again."""
+    top = logging.getLogger("maas_chroot")
+    saved = (list(top.handlers), top.level, top.propagate)
+    yield
+    top.handlers, top.level, top.propagate = saved[0], saved[1], saved[2]
+
+
 @pytest.fixture(scope="session")
 def minbase_tar() -> Path:
     """A real Debian minbase rootfs as an uncompressed tar (cached per machine)."""
@@ -103,3 +115,15 @@ def minbase_root(minbase_tar: Path, tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         rootfs.remove_tree(root)
+
+
+@pytest.fixture(scope="session")
+def maas_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A private CA and a certificate for 127.0.0.1 it signed (what MAAS's TLS uses)."""
+    return make_ca(tmp_path_factory.mktemp("maas-ca"))
+
+
+@pytest.fixture(scope="session")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """Another CA, which did not sign the MAAS certificate."""
+    return make_ca(tmp_path_factory.mktemp("other-ca"), name="some-other-ca")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -18,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from filelock import FileLock
+from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
+from requests_oauthlib import OAuth1
 
 from maas_chroot.sources import hostapt
 
@@ -177,3 +182,34 @@ def paused_in_thread(monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
     finally:
         release.set()
         worker.join(60)
+
+
+def maas_login(db: Path, name: str, url: str, api_key: str, *,
+               cacerts: Path | None = None) -> dict[str, Any]:
+    """Do what ``maas login NAME URL KEY [--cacerts FILE]`` does, and write its profile.
+
+    As canonical/maas ``src/maascli/cli.py`` ``cmd_login`` (read, not copied): the URL gets
+    ``/api/2.0/``; a signed ``GET users/?op=whoami`` must answer 200; an unsigned ``GET
+    describe/`` must answer 200 with a Content-Type of exactly ``application/json``; the
+    profile goes to sqlite table ``profiles(id, name UNIQUE, data)`` as the JSON of
+    ``{credentials, description, name, url, cacerts}``, cacerts being the PEM *text*.
+    """
+    api = url.rstrip("/") + "/api/2.0/"
+    verify: bool | str = str(cacerts) if cacerts else True
+    ck, tk, secret = api_key.split(":")
+    auth = OAuth1(ck, "", tk, secret, signature_method=SIGNATURE_PLAINTEXT)
+    who = requests.get(api + "users/?op=whoami", auth=auth, verify=verify, timeout=30)
+    assert who.status_code == 200, who.text
+    described = requests.get(api + "describe/", verify=verify, timeout=30)
+    assert described.status_code == 200
+    assert described.headers["Content-Type"] == "application/json"
+    data = {"credentials": [ck, tk, secret], "description": described.json(), "name": name,
+            "url": api, "cacerts": cacerts.read_text() if cacerts else None}
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS profiles (id INTEGER PRIMARY KEY,"
+                     " name TEXT NOT NULL UNIQUE, data BLOB)")
+        conn.execute("INSERT OR REPLACE INTO profiles (name, data) VALUES (?, ?)",
+                     (name, json.dumps(data)))
+    os.chmod(db, 0o600)
+    return data

@@ -1,12 +1,16 @@
-"""maas_chroot.maas against a MAAS-like server on 127.0.0.1 (tests/maas_server.py)."""
+"""maas_chroot.maas against a MAAS-like server on 127.0.0.1 (tests/servers/maas.py), as MAAS
+3.4, 3.6 and 3.8, with one region controller or several, over http and https."""
 
 from __future__ import annotations
 
 import bz2
+import datetime
+import email.policy
 import gzip
 import hashlib
 import io
 import json
+import logging
 import lzma
 import os
 import re
@@ -19,16 +23,22 @@ import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.encoders import encode_base64
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
 from pathlib import Path
 
 import pytest
 import requests
+from fixtures import maas_login
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT, Client
 from requests_oauthlib import OAuth1
 from servers.maas import FakeMaas, serve
+from servers.tls import TestCA
+from urllib3.exceptions import InsecureRequestWarning
 
 from maas_chroot import maas as mm
-from maas_chroot.errors import ArchiveError, ImageNameError, MaasApiError
+from maas_chroot.errors import ArchiveError, ArgumentError, ImageNameError, MaasApiError
 from maas_chroot.maas import api, names
 
 MiB = 1 << 20
@@ -62,6 +72,19 @@ def nonces(fake: FakeMaas) -> list[str]:
             for e in fake.log]
 
 
+def calls(fake: FakeMaas, since: int = 0) -> list[str]:
+    """The requests MAAS saw, in short: list, POST, PUT, GET (a resource), DELETE,
+    version, regions."""
+    def kind(method: str, path: str) -> str:
+        rel = path.removeprefix("/MAAS/api/2.0/")
+        if rel.startswith("boot-resources/?") or rel == "boot-resources/":
+            return "list" if method == "GET" else method
+        if rel.startswith("boot-resources/"):
+            return method
+        return {"version/": "version", "regioncontrollers/": "regions"}.get(rel, rel)
+    return [kind(e.method, e.path) for e in fake.log[since:]]
+
+
 # --- upload -----------------------------------------------------------------------------------
 
 def test_multi_chunk_upload_arrives_byte_exact(fake: FakeMaas, tmp_path: Path) -> None:
@@ -80,25 +103,51 @@ def test_multi_chunk_upload_arrives_byte_exact(fake: FakeMaas, tmp_path: Path) -
     assert [p.content_length for p in puts] == [4 * MiB, 4 * MiB, len(data) - 8 * MiB]
     assert all(p.status == 200 for p in puts)
     # every request (each chunk included) is signed anew: no nonce twice
-    assert len(set(nonces(fake))) == len(fake.log) == 1 + 3 + 1      # POST, 3 PUTs, GET
+    assert calls(fake) == ["list", "POST", "PUT", "PUT", "PUT", "GET"]
+    assert len(set(nonces(fake))) == len(fake.log)
     assert all(e.authorization and e.authorization.startswith('OAuth realm="OAuth", ')
                and 'oauth_signature_method="PLAINTEXT"' in e.authorization
                and f'oauth_signature="%26{fake.token_secret}"' in e.authorization
                for e in fake.log)
 
 
-def test_complete_short_cut_sends_no_bytes(fake: FakeMaas, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["3.4", "3.6", "3.8"])
+def test_identical_content_is_sent_again_from_3_5(tmp_path: Path, version: str) -> None:
+    """Only 3.4 completes a file at once when it stores that sha256 already (it reuses
+    the LargeFile); 3.5+ make a file with no copy, and every byte goes again."""
     image = tmp_path / "img.bin"
     image.write_bytes(os.urandom(5 * MiB))
-    c = client(fake)
-    first = c.upload(image, name="custom/first", filetype="ddraw", progress=False)
-    assert first.complete
-    n = len(fake.log)
-    second = c.upload(image, name="custom/second", filetype="ddraw", progress=False)
-    after = fake.log[n:]
-    assert [e.method for e in after] == ["POST"]            # MAAS said complete: no PUT
-    assert second.complete is True and second.name == "second"
-    assert fake.content("custom/second") == image.read_bytes()
+    with serve(tmp_path / "maas", version=version) as fake:
+        c = client(fake)
+        first = c.upload(image, name="custom/first", filetype="ddraw", progress=False)
+        assert first.complete
+        n = len(fake.log)
+        second = c.upload(image, name="custom/second", filetype="ddraw", progress=False)
+        sent = calls(fake, n)
+        assert second.complete is True and second.name == "second"
+        assert fake.content("custom/second") == image.read_bytes()
+    if version == "3.4":
+        assert sent == ["list", "POST", "GET"]           # MAAS said complete: no PUT
+    elif version == "3.6":
+        assert sent == ["list", "POST", "PUT", "PUT", "GET"]
+    else:   # 3.8 drops the shared file on the first PUT ("Too much data received.")
+        assert sent == ["list", "POST", "PUT", "PUT", "PUT", "GET"]
+        assert [e.status for e in fake.requests("PUT")][-3:] == [400, 200, 200]
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.8"])
+def test_a_rebuild_with_the_same_bytes_uploads_again(tmp_path: Path, version: str) -> None:
+    """Deterministic packing makes identical re-uploads common: on 3.8 the new file
+    shares the old one's disk file, whose first append finds it full."""
+    image = tmp_path / "img.bin"
+    image.write_bytes(os.urandom(5 * MiB))
+    with serve(tmp_path / "maas", version=version) as fake:
+        c = client(fake)
+        first = c.upload(image, name="same", filetype="ddraw", progress=False)
+        again = c.upload(image, name="same", filetype="ddraw", progress=False)
+        assert again.id == first.id and again.version != first.version and again.complete
+        assert fake.content("same") == image.read_bytes()
+        fake.deploy("same")
 
 
 def test_pack_result_is_used_as_is_and_a_wrong_sha256_is_refused_by_maas(
@@ -322,7 +371,7 @@ def test_server_dying_mid_upload_is_never_a_success(tmp_path: Path) -> None:
         assert fake.file_of("dies").stored == 4 * MiB and not fake.file_of("dies").complete
     msg = str(e.value)
     assert "stopped at byte 4194304 of 9437184" in msg
-    assert f"maas $PROFILE boot-resource delete {rid}" in msg and f".delete({rid})" in msg
+    assert f"maas-chroot delete --id {rid}" in msg and f".delete({rid})" in msg
     assert "run the upload again" in msg
 
 
@@ -331,7 +380,7 @@ def test_a_chunk_lost_before_maas_stored_it_is_not_resent(tmp_path: Path) -> Non
     with serve(tmp_path / "maas", faults={1: "drop_before_store"}) as fake:
         with pytest.raises(MaasApiError) as e:
             client(fake).upload(image, name="custom/lost", filetype="ddraw", progress=False)
-        assert [x.method for x in fake.log] == ["POST", "PUT", "PUT", "GET"]
+        assert calls(fake) == ["list", "POST", "PUT", "PUT", "GET", "version", "regions"]
         assert fake.file_of("lost").stored == 4 * MiB
     assert "MAAS reports 4194304 bytes stored" in str(e.value)
     assert "boot-resource delete" in str(e.value)
@@ -344,7 +393,8 @@ def test_a_chunk_maas_stored_before_failing_is_not_sent_twice(tmp_path: Path,
     with serve(tmp_path / "maas", faults={1: fault}) as fake:
         res = client(fake).upload(image, name="custom/flaky", filetype="ddraw",
                                   progress=False)
-        assert [x.method for x in fake.log] == ["POST", "PUT", "PUT", "GET", "PUT", "GET"]
+        assert calls(fake) == ["list", "POST", "PUT", "PUT", "GET", "version", "regions",
+                               "PUT", "GET"]
         assert fake.content("flaky") == image.read_bytes()
     assert res.complete
 
@@ -364,7 +414,8 @@ def test_gives_up_after_repeated_failures_without_resending(tmp_path: Path) -> N
     with serve(tmp_path / "maas", faults=faults) as fake:
         with pytest.raises(MaasApiError, match="gave up after 4 failed chunks") as e:
             client(fake).upload(image, name="custom/flaky", filetype="ddraw", progress=False)
-        assert [x.method for x in fake.log] == ["POST"] + ["PUT", "GET"] * 4
+        assert calls(fake) == (["list", "POST", "PUT", "GET", "version", "regions"]
+                               + ["PUT", "GET"] * 3)       # version and regions asked once
         assert fake.file_of("flaky").stored == 16 * MiB      # each chunk stored once
     assert "boot-resource delete" in str(e.value)
 
@@ -489,6 +540,394 @@ def test_multi_gb_upload_keeps_memory_flat(fake: FakeMaas, tmp_path: Path) -> No
           f"upload phase {upload_s:.1f} s = {BIG / MiB / upload_s:.0f} MiB/s; "
           f"peak RSS {large['maxrss_kib'] / 1024:.0f} MiB vs {base['maxrss_kib'] / 1024:.0f} "
           "MiB for 8 MiB")
-    assert [e.method for e in log] == ["POST"] + ["PUT"] * (BIG // mm.CHUNK_SIZE) + ["GET"]
+    assert [e.method for e in log] == ["GET", "POST"] + ["PUT"] * (BIG // mm.CHUNK_SIZE) + ["GET"]
     assert grew_mib < 32, f"peak RSS grew by {grew_mib:.0f} MiB for a {BIG >> 30} GiB file"
     assert large["maxrss_kib"] / 1024 < 200
+
+
+# --- TLS and the maas CLI's profiles ------------------------------------------------------
+
+@pytest.fixture
+def tls_fake(tmp_path: Path, maas_ca: TestCA) -> Iterator[FakeMaas]:
+    with serve(tmp_path / "maas", tls=(maas_ca.cert, maas_ca.key)) as f:
+        yield f
+
+
+def test_a_maas_login_cacerts_profile_works_over_https(tls_fake: FakeMaas, tmp_path: Path,
+                                                       maas_ca: TestCA) -> None:
+    db = tmp_path / "home/.maascli.db"
+    written = maas_login(db, "admin", tls_fake.url, tls_fake.api_key, cacerts=maas_ca.ca)
+    assert sorted(written) == ["cacerts", "credentials", "description", "name", "url"]
+    assert written["url"].startswith("https://") and written["url"].endswith("/MAAS/api/2.0/")
+    assert written["cacerts"].startswith("-----BEGIN CERTIFICATE-----")
+    image = make_tgz(tmp_path / "img.tgz", payload=5 * MiB)
+    with mm.MaasClient.from_profile("admin", path=db) as c:
+        res = c.upload(image, name="custom/over-tls", progress=False)
+        held = Path(str(c._trust.verify))
+        assert held.read_text() == maas_ca.ca.read_text() and held.stat().st_mode & 0o077 == 0
+    assert res.complete and tls_fake.content("over-tls") == image.read_bytes()
+    assert not held.exists()                 # the client's copy of the CA goes with it
+
+
+def test_an_untrusted_certificate_is_a_clear_error(tls_fake: FakeMaas, tmp_path: Path,
+                                                   maas_ca: TestCA, other_ca: TestCA,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for kwargs in ({}, {"cacerts": other_ca.ca}):
+        with pytest.raises(MaasApiError) as e:
+            mm.MaasClient(tls_fake.url, tls_fake.api_key, **kwargs).images()  # type: ignore[arg-type]
+        assert "TLS certificate is not trusted" in e.value.message
+        assert e.value.url.startswith(tls_fake.url)
+        assert "cacerts" in (e.value.hint or "") and "maas login --cacerts" in str(e.value)
+    assert f"trusting cacerts {other_ca.ca}" in e.value.message     # says what it trusted
+    # a profile whose cacerts are another CA's: the same, naming the profile
+    db = tmp_path / "cli.db"
+    maas_login(db, "wrong", tls_fake.url, tls_fake.api_key, cacerts=maas_ca.ca)
+    with sqlite3.connect(db) as conn:
+        data = json.loads(conn.execute("SELECT data FROM profiles").fetchone()[0])
+        data["cacerts"] = other_ca.ca.read_text()
+        conn.execute("UPDATE profiles SET data = ?", (json.dumps(data),))
+    with pytest.raises(MaasApiError, match="maas CLI profile 'wrong'"):
+        mm.MaasClient.from_profile("wrong", path=db).images()
+    # REQUESTS_CA_BUNDLE never overrides the CA a caller gave
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca.ca))
+    assert mm.MaasClient(tls_fake.url, tls_fake.api_key, cacerts=maas_ca.ca).images() == []
+    # not PEM, or contradictory: refused before any request
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    n = len(tls_fake.log)
+    with pytest.raises(MaasApiError, match=r"cannot use .*junk\.pem as CA certificates"):
+        mm.MaasClient(tls_fake.url, tls_fake.api_key, cacerts=junk)
+    with pytest.raises(ArgumentError):
+        mm.MaasClient(tls_fake.url, tls_fake.api_key, cacerts=maas_ca.ca, verify_tls=False)
+    assert len(tls_fake.log) == n
+    # switching checks off is possible, but only when asked, and never quietly
+    with pytest.warns(InsecureRequestWarning):
+        assert mm.MaasClient(tls_fake.url, tls_fake.api_key, verify_tls=False).images() == []
+
+
+def test_an_http_url_on_a_maas_with_tls_is_told_to_use_https(fake: FakeMaas,
+                                                              tmp_path: Path) -> None:
+    fake.redirect_to = "https://127.0.0.1:5443"
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with pytest.raises(MaasApiError) as e:
+        client(fake).upload(image, name="x", progress=False)
+    assert e.value.status == 301
+    assert "redirected to https://127.0.0.1:5443/MAAS/api/2.0/boot-resources/" in e.value.message
+    assert "use the https URL" in (e.value.hint or "")
+    assert calls(fake) == ["list"]                      # nothing followed, nothing posted
+
+
+# --- names: what MAAS stores, and what deploy finds --------------------------------------------
+
+def _raw_create(c: mm.MaasClient, name: str) -> dict[str, object]:
+    """POST as another client (the maas CLI) would, name as given."""
+    return c._json("POST", "boot-resources/", files={k: (None, v) for k, v in {  # type: ignore[no-any-return]
+        "name": name, "architecture": "amd64/generic", "filetype": "ddraw", "size": "1",
+        "sha256": hashlib.sha256(b"x").hexdigest(), "base_image": "ubuntu/jammy"}.items()})
+
+
+@pytest.mark.parametrize("version", ["3.4", "3.6", "3.8"])
+def test_custom_names_are_found_by_the_deploy_lookup(tmp_path: Path, version: str) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with serve(tmp_path / "maas", version=version) as fake:
+        c = client(fake)
+        res = c.upload(image, name="custom/foo", progress=False)
+        post = next(e for e in fake.log if e.method == "POST")
+        assert res.name == "foo" and res.full_name == "custom/foo" and res.release == "foo"
+        assert fake.deploy("foo").id == res.id                  # get_resource_for(name == release)
+        assert fake.base_osystem_series("foo", "amd64") == "ubuntu/jammy"
+        assert post.status == 201
+        # what another client sending the prefix gets: 3.8 keeps it, and deploy misses it
+        _raw_create(c, "custom/bar")
+        stored = fake.resource_by_name("custom/bar").name
+        c._call("PUT", f"boot-resources/{fake.resource_by_name('custom/bar').id}/upload/"
+                f"{fake.file_of('custom/bar').id}/", data=b"x")
+        listed = {r.full_name: r for r in c.images()}
+    assert sorted(listed) == ["custom/bar", "custom/foo"]      # never custom/custom/bar
+    if version == "3.8":
+        assert stored == "custom/bar"
+        with pytest.raises(LookupError, match="No image could be found"):
+            fake.deploy("bar")
+    else:
+        assert stored == "bar"
+
+
+def test_both_spellings_name_one_image(fake: FakeMaas, tmp_path: Path) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    c = client(fake)
+    res = c.upload(image, name="mine", progress=False)
+    assert [r.id for r in c.find("custom/mine")] == [r.id for r in c.find("mine")] == [res.id]
+    assert mm.bare_name("custom/mine") == mm.bare_name("mine") == "mine"
+    post = next(e for e in fake.log if e.method == "POST")
+    assert post.status == 201 and fake.resource_by_name("mine").name == "mine"
+
+
+# --- several region controllers (3.5+) ---------------------------------------------------------
+
+def test_upload_does_not_claim_complete_before_the_regions_sync(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    image = _three_chunks(tmp_path)
+    with serve(tmp_path / "maas", regions=2) as fake:
+        c = client(fake)
+        with caplog.at_level(logging.INFO, logger="maas_chroot"):
+            res = c.upload(image, name="ha", filetype="ddraw", progress=False)
+        assert res.complete is False and res.progress == 50.0
+        assert "syncing to 2 region controllers: 50% of the copies" in caplog.text
+        with pytest.raises(LookupError):
+            fake.deploy("ha")                       # not every region has it yet
+        with pytest.raises(MaasApiError, match=r"not complete after 0.2 s: MAAS has 50%") as e:
+            c.wait(res, timeout=0.2, interval=0.05)
+        assert "port 5240" in (e.value.hint or "")
+        fake.sync()
+        done = c.wait(res, timeout=5, interval=0.05)
+        assert done.complete is True and done.progress == 100.0
+        fake.deploy("ha")
+
+
+def test_wait_polls_until_every_region_holds_a_copy(tmp_path: Path) -> None:
+    image = _three_chunks(tmp_path)
+    with serve(tmp_path / "maas", regions=3, sync_seconds=0.5) as fake:
+        c = client(fake)
+        c_wait = c.wait
+        seen: list[float | None] = []
+
+        def spy(resource: mm.BootResource | int, **kwargs: object) -> mm.BootResource:
+            seen.append(resource.progress if isinstance(resource, mm.BootResource) else None)
+            return c_wait(resource, **{**kwargs, "interval": 0.05})  # type: ignore[arg-type]
+
+        c.wait = spy  # type: ignore[method-assign]
+        t = time.monotonic()
+        res = c.upload(image, name="ha3", filetype="ddraw", wait=True, progress=False)
+        took = time.monotonic() - t
+        gets = calls(fake).count("GET")
+    assert res.complete is True and seen and seen[0] is not None and seen[0] < 100
+    assert gets > 3 and took >= 0.3                     # polled while the copies were made
+
+
+@pytest.mark.parametrize("version", ["3.4", "3.6", "3.8"])
+def test_chunk_recovery_knows_how_maas_counts_copies(tmp_path: Path, version: str) -> None:
+    """After a lost answer, what MAAS stored is read from the set's progress: 3.4's file
+    progress is upside down, and from 3.5 progress is summed over the regions."""
+    image = _three_chunks(tmp_path)
+    with serve(tmp_path / "maas", version=version, regions=2,
+               faults={1: "drop_after_store"}) as fake:
+        res = client(fake).upload(image, name="flaky", filetype="ddraw", progress=False)
+        assert fake.content("flaky") == image.read_bytes()
+        assert fake.file_of("flaky").stored == 9 * MiB
+        after = calls(fake)[calls(fake).index("GET"):][:3]
+    assert after == (["GET", "version", "PUT"] if version == "3.4" else
+                     ["GET", "version", "regions"])
+    assert res.complete is (version == "3.4")           # 3.4 has one store; 3.6+ two copies
+
+
+# --- a re-upload keeps the old base image on MAAS --------------------------------------------
+
+@pytest.mark.parametrize("version", ["3.6", "3.8"])
+def test_a_new_base_image_is_refused_or_replaced(tmp_path: Path, version: str) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with serve(tmp_path / "maas", version=version) as fake:
+        c = client(fake)
+        old = c.upload(image, name="custom/web", base_image="ubuntu/jammy", progress=False)
+        n = len(fake.log)
+        with pytest.raises(MaasApiError) as e:
+            c.upload(image, name="web", base_image="ubuntu/noble", progress=False)
+        assert calls(fake, n) == ["list"]                 # refused before MAAS changed it
+        assert "exists with base_image ubuntu/jammy" in e.value.message
+        assert "replace=True (--replace)" in (e.value.hint or "")
+        assert fake.content("web") == image.read_bytes()
+        same = c.upload(image, name="web", base_image="ubuntu/jammy", title="Web",
+                        progress=False)                   # same base image: reused
+        assert same.id == old.id and same.title == "Web"
+        new = c.upload(image, name="web", base_image="ubuntu/noble", replace=True,
+                       progress=False)
+        assert new.id != old.id and new.base_image == "ubuntu/noble" and new.complete
+        assert old.id not in fake.resources
+        assert fake.base_osystem_series("web", "amd64") == "ubuntu/noble"
+
+
+def test_maas_3_4_hides_the_base_image_so_the_client_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with serve(tmp_path / "maas", version="3.4") as fake:
+        c = client(fake)
+        c.upload(image, name="web", base_image="ubuntu/jammy", progress=False)
+        with caplog.at_level(logging.WARNING, logger="maas_chroot"):
+            kept = c.upload(image, name="web", base_image="ubuntu/noble", progress=False)
+        assert "does not report its base_image: if it is not ubuntu/noble" in caplog.text
+        assert fake.resources[kept.id].base_image == "ubuntu/jammy"   # what MAAS 3.4 did
+        new = c.upload(image, name="web", base_image="ubuntu/noble", replace=True,
+                       progress=False)
+        assert fake.resources[new.id].base_image == "ubuntu/noble"
+
+
+def test_a_prefixed_twin_from_3_8_is_reported_and_replaced(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with serve(tmp_path / "maas", version="3.8") as fake:
+        c = client(fake)
+        twin = _raw_create(c, "custom/app")["id"]
+        with caplog.at_level(logging.WARNING, logger="maas_chroot"):
+            c.upload(image, name="app", progress=False)
+        assert "stored as 'custom/app'" in caplog.text and "cannot be deployed" in caplog.text
+        with pytest.raises(MaasApiError, match="names 2 boot resources"):
+            c.delete("custom/app")
+        c.upload(image, name="app", replace=True, progress=False)
+        assert twin not in fake.resources
+        assert [r.name for r in c.find("app")] == ["app"]
+        # 3.8 takes custom/jammy (this client would not send it); it can still be deleted
+        jammy = _raw_create(c, "custom/jammy")["id"]
+        assert c.delete("custom/jammy").id == jammy and jammy not in fake.resources
+
+
+# --- base-image rules: MAAS's own words ----------------------------------------------------------
+
+def test_maas_refusing_a_base_image_is_quoted(tmp_path: Path) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=1000)
+    with serve(tmp_path / "maas", distro_info=("focal", "jammy")) as fake, \
+            pytest.raises(MaasApiError) as e:
+        client(fake).upload(image, name="new", base_image="ubuntu/noble", progress=False)
+    assert e.value.status == 400
+    assert "base_image: please select a valid base image OS and version" in e.value.message
+    assert "distro-info-data" in (e.value.hint or "")
+    with serve(tmp_path / "maas34", version="3.4") as fake, \
+            pytest.raises(MaasApiError) as e:                  # ol is a base OS from 3.5
+        client(fake).upload(image, name="el", base_image="ol/8", progress=False)
+    assert "custom images require a valid non-custom OS type base image" in e.value.message
+    with pytest.raises(ImageNameError, match="non-custom OS type"):   # the pre-flight check
+        client(fake).upload(image, name="x", base_image="custom/other", progress=False)
+
+
+# --- a proxy's body limit ---------------------------------------------------------------------
+
+def test_a_proxy_413_names_client_max_body_size_and_smaller_chunks_work(
+        tmp_path: Path) -> None:
+    image = tmp_path / "img.bin"
+    image.write_bytes(os.urandom(3 * MiB))
+    with serve(tmp_path / "maas", max_body=MiB) as fake:
+        c = client(fake)
+        with pytest.raises(MaasApiError) as e:
+            c.upload(image, name="big", filetype="ddraw", progress=False)
+        assert e.value.status == 413 and "413 Request Entity Too Large" in e.value.message
+        hint = e.value.hint or ""
+        assert "client_max_body_size" in hint and "chunk_size=" in hint
+        assert f"refused {4 * MiB} bytes" not in hint and f"refused {3 * MiB} bytes" in hint
+        assert fake.file_of("big").stored == 0
+        res = c.upload(image, name="big", filetype="ddraw", replace=True,
+                       chunk_size=512 << 10, progress=False)
+        assert res.complete and fake.content("big") == image.read_bytes()
+        assert {p.content_length for p in fake.requests("PUT") if p.status == 200} == {
+            512 << 10}
+    for bad in (0, 11 * MiB):
+        with pytest.raises(ArgumentError, match="chunk_size"):
+            c.upload(image, name="big", filetype="ddraw", chunk_size=bad, progress=False)
+
+
+# --- the image lifecycle -------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["3.4", "3.8"])
+def test_images_and_delete(tmp_path: Path, version: str) -> None:
+    image = make_tgz(tmp_path / "img.tgz", payload=2000)
+    data = image.read_bytes()
+    with serve(tmp_path / "maas", version=version) as fake:
+        c = client(fake)
+        one = c.upload(image, name="custom/one", base_image="ubuntu/jammy", progress=False)
+        c.upload(image, name="two", progress=False)
+        c.upload(image, name="two", architecture="arm64/generic", progress=False)
+        fake.deploy("one")
+        images = c.images()
+        assert [(i.full_name, i.architecture) for i in images] == [
+            ("custom/one", "amd64/generic"), ("custom/two", "amd64/generic"),
+            ("custom/two", "arm64/generic")]
+        first = images[0]
+        assert (first.size, first.sha256, first.complete) == (
+            len(data), hashlib.sha256(data).hexdigest(), True)
+        assert first.uploaded == datetime.date.today()
+        assert first.last_deployed is not None
+        assert first.base_image == ("ubuntu/jammy" if version == "3.8" else None)
+        shown = mm.table(images)
+        assert shown.splitlines()[0].split()[:3] == ["ID", "NAME", "ARCHITECTURE"]
+        assert "custom/one" in shown and hashlib.sha256(data).hexdigest()[:12] in shown
+        assert [i.full_name for i in c.images(architecture="arm64/generic")] == ["custom/two"]
+        with pytest.raises(MaasApiError, match="names 2 boot resources") as e:
+            c.delete("two")
+        assert "architecture=" in (e.value.hint or "")
+        gone = c.delete("two", architecture="arm64/generic")
+        assert gone.architecture == "arm64/generic" and gone.id not in fake.resources
+        assert c.delete("custom/one").id == one.id
+        with pytest.raises(MaasApiError, match="MAAS has no custom image custom/one") as e:
+            c.delete("one")
+        assert "maas-chroot images" in (e.value.hint or "")
+        left = c.images()
+        assert c.delete(left[0].id).full_name == "custom/two"
+        assert c.images() == [] and mm.table([]) == "no custom images"
+        with pytest.raises(MaasApiError) as e:
+            c.delete(left[0].id)
+        assert e.value.status == 404
+
+
+# --- the server is one the maas CLI accepts -------------------------------------------------
+
+@pytest.mark.parametrize("version", ["3.4", "3.6", "3.8"])
+def test_server_answers_what_maas_login_and_the_cli_need(tmp_path: Path, version: str) -> None:
+    with serve(tmp_path / "maas", version=version) as fake:
+        api_url = fake.url + "/api/2.0/"
+        described = requests.get(api_url + "describe/", timeout=10)      # unsigned
+        assert described.status_code == 200
+        assert described.headers["Content-Type"] == "application/json"
+        assert described.headers["X-MAAS-API-Hash"] == described.json()["hash"]
+        resources = {r["name"]: r for r in described.json()["resources"]}
+        create = next(a for a in resources["BootResourcesHandler"]["auth"]["actions"]
+                      if a["name"] == "create")
+        assert (create["method"], create["op"]) == ("POST", None)
+        assert ":param name:" in create["doc"]           # CLI 3.6+ needs it for key=value
+        one = resources["BootResourceHandler"]["auth"]
+        assert one["path"] == "/MAAS/api/2.0/boot-resources/{id}/" and one["params"] == ["id"]
+        assert {a["name"] for a in one["actions"]} >= {"delete"}
+        assert ("BootResourceFileUploadHandler" in resources) is (version == "3.8")
+        assert requests.get(api_url + "users/?op=whoami", timeout=10).status_code == 401
+        assert client(fake)._json("GET", "users/?op=whoami")["is_superuser"] is True
+        assert client(fake).version() == {"3.4": "3.4.10", "3.6": "3.6.5",
+                                          "3.8": "3.8.0~beta6"}[version]
+        assert api.series(client(fake).version()) == tuple(map(int, version.split(".")))
+
+
+def test_server_decodes_base64_parts_as_django_does(fake: FakeMaas) -> None:
+    """The maas CLI sends every multipart part base64-encoded, with a quoted boundary."""
+    fields = {"architecture": "amd64/generic", "filetype": "ddraw", "name": "custom/b64",
+              "sha256": hashlib.sha256(b"abc").hexdigest(), "size": "3",
+              "title": "Ünïcode title"}
+    message = MIMEMultipart("form-data")
+    for key, value in sorted(fields.items()):
+        part = MIMEApplication(value.encode("utf-8"), "plain", _encoder=encode_base64,
+                               charset="utf-8")
+        part.add_header("Content-Disposition", "form-data", name=key)
+        message.attach(part)
+    body = message.as_bytes(policy=email.policy.HTTP)
+    head, _, payload = body.partition(b"\r\n\r\n")
+    assert b"Content-Transfer-Encoding: base64" in payload and b'boundary="' in head
+    ctype = next(line for line in head.decode().split("\r\n")
+                 if line.lower().startswith("content-type:")).split(":", 1)[1].strip()
+    created = client(fake)._json("POST", "boot-resources/", data=payload,
+                                 headers={"Content-Type": ctype})
+    assert created["name"] == "b64" and created["title"] == "Ünïcode title"
+
+
+def test_server_error_bodies_are_typed_as_maas_types_them(fake: FakeMaas) -> None:
+    c = client(fake)
+    sha = hashlib.sha256(b"abc").hexdigest()
+    post = {"name": "typed", "architecture": "amd64/generic", "filetype": "ddraw",
+            "size": "3", "sha256": sha}
+    bad = c._session.post(c.api_url + "boot-resources/", data={**post, "architecture": "x"})
+    assert bad.headers["Content-Type"] == "application/json; charset=utf-8"
+    c._json("POST", "boot-resources/", data=post)
+    clash = c._session.post(c.api_url + "boot-resources/", data={**post, "size": "4"})
+    assert (clash.status_code, clash.headers["Content-Type"], clash.text) == (
+        400, "text/plain; charset=utf-8",
+        "File already exists with sha256 that is of different size.")
+    rid = fake.resource_by_name("typed").id
+    empty = c._session.put(f"{c.api_url}boot-resources/{rid}/upload/"
+                           f"{fake.file_of('typed').id}/", data=b"")
+    assert (empty.status_code, empty.headers["Content-Type"], empty.text) == (
+        400, "text/plain; charset=utf-8", "Missing data.")
+    gone = c._session.delete(f"{c.api_url}boot-resources/999/")
+    assert (gone.status_code, gone.text) == (500, "BootResource matching query does not exist.")

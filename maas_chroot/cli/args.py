@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..maas.upload import CHUNK_SIZE, WAIT_TIMEOUT
+
 PROG = "maas-chroot"
 
 
@@ -69,8 +71,8 @@ EXAMPLES = {
   maas-chroot build ./rootfs.tar.xz --network none --run 'echo hi > /etc/motd' -o out.tgz
 
 sources: RELEASE (noble, 24.04), URL, ARCHIVE, DIRECTORY, bootstrap:SUITE
-MAAS credentials: --profile NAME, or --maas-url URL --api-key KEY, or the environment
-variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
+MAAS credentials: --profile NAME, or --maas-url URL --api-key KEY [--cacerts FILE], or the
+environment variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
     "fetch": """examples:
   maas-chroot fetch noble                         # verified squashfs, cached; prints its path
   maas-chroot fetch jammy --format root.tar.xz --arch arm64
@@ -87,13 +89,22 @@ variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
   maas-chroot pack /srv/work/noble noble-custom.tgz
   maas-chroot pack /srv/work/noble noble-custom.tgz --sysprep --level 1  # scrub, pack""",
     "upload": """examples:
-  maas-chroot upload noble-custom.tgz --name custom/noble-custom --profile admin
+  maas-chroot upload noble-custom.tgz --name custom/noble-custom --profile admin --wait
+  maas-chroot upload noble-custom.tgz --name custom/noble-custom --replace \\
+      --maas-url https://maas:5443/MAAS --api-key KEY --cacerts maas-ca.pem
   MAAS_URL=http://maas:5240/MAAS MAAS_API_KEY=... \\
       maas-chroot upload img.tgz --name custom/img --title 'My image' --base-image ubuntu/noble""",
     "boot-test": """examples:
   maas-chroot boot-test noble-custom.tgz              # deploy as curtin would, boot, report
   maas-chroot boot-test img.tgz --boots 2             # two fresh deployments: two identities
-  maas-chroot boot-test noble.tgz --kernel linux-generic --accel tcg --timeout 1200""",
+  maas-chroot boot-test noble.tgz --kernel linux-generic --accel tcg --boot-timeout 1200""",
+    "images": """examples:
+  maas-chroot images --profile admin
+  maas-chroot images --maas-url https://maas:5443/MAAS --api-key KEY --cacerts maas-ca.pem""",
+    "delete": """examples:
+  maas-chroot delete custom/noble-custom --profile admin
+  maas-chroot delete noble-custom --architecture arm64/generic --profile admin
+  maas-chroot delete --id 12 --maas-url http://maas:5240/MAAS --api-key KEY""",
     "recover": """examples:
   maas-chroot recover /srv/work/noble   # after a session was killed (SIGKILL, power loss)""",
 }
@@ -124,6 +135,26 @@ def _source_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", help="download cache (default: ~/.cache/maas-chroot)")
 
 
+def _size(value: str) -> int:
+    """``4194304``, ``512K``, ``1M`` -> bytes."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+    try:
+        return int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size (e.g. 512K, 1M)") from None
+
+
+def _maas_login(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MAAS")
+    g.add_argument("--profile", help="a `maas login` profile name (its --cacerts are used)")
+    g.add_argument("--maas-url", help="MAAS URL, e.g. http://maas:5240/MAAS or "
+                                      "https://maas:5443/MAAS")
+    g.add_argument("--api-key", help="MAAS API key (consumer:token:secret)")
+    g.add_argument("--cacerts", metavar="FILE", help="PEM file of the CA that signed MAAS's "
+                                                     "TLS certificate")
+
+
 def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
     g = p.add_argument_group("MAAS upload")
     g.add_argument(name_flag, dest="name", metavar="NAME",
@@ -131,9 +162,15 @@ def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
     g.add_argument("--title", help="title shown in MAAS")
     g.add_argument("--architecture", default="amd64/generic", help="(default: amd64/generic)")
     g.add_argument("--base-image", help="e.g. ubuntu/noble (default: read from the image)")
-    g.add_argument("--profile", help="a `maas login` profile name")
-    g.add_argument("--maas-url", help="MAAS URL, e.g. http://maas:5240/MAAS")
-    g.add_argument("--api-key", help="MAAS API key (consumer:token:secret)")
+    g.add_argument("--replace", action="store_true",
+                   help="delete an existing image of this name and architecture first")
+    g.add_argument("--wait", action="store_true",
+                   help="wait until every region controller holds a copy")
+    g.add_argument("--wait-timeout", type=float, default=WAIT_TIMEOUT, metavar="SECONDS",
+                   help=f"how long --wait waits (default: {WAIT_TIMEOUT:g})")
+    g.add_argument("--chunk-size", type=_size, default=CHUNK_SIZE, metavar="SIZE",
+                   help="bytes per PUT (default: 4M; smaller behind a proxy's body limit)")
+    _maas_login(p)
 
 
 def _boot_flags(p: argparse.ArgumentParser, *, in_build: bool) -> None:
@@ -278,6 +315,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--log-dir", dest="log_dir", metavar="DIR",
                    help="where the console logs go (default: beside the image)")
     _boot_flags(t, in_build=False)
+
+    i = _verb(sub, "images", "list the custom images on MAAS", common)
+    i.add_argument("--architecture", help="only this architecture, e.g. amd64/generic")
+    _maas_login(i)
+
+    d = _verb(sub, "delete", "delete a custom image from MAAS", common)
+    d.add_argument("name", metavar="NAME", nargs="?", help="custom/NAME or NAME")
+    d.add_argument("--id", type=int, help="the boot resource's id instead of NAME")
+    d.add_argument("--architecture", help="which one, when NAME exists for several")
+    _maas_login(d)
 
     r = _verb(sub, "recover", "undo what a killed chroot session left in a rootfs", common)
     r.add_argument("root", metavar="DIR")

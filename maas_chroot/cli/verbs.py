@@ -16,14 +16,13 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import chroot
+from .. import chroot, maas
 from ..archive import archiving as archive
 from ..boot import boot_test
 from ..boot.runner import failure as boot_failure
 from ..customise.scrubbing import sysprep
 from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
-from ..maas import client as maas
-from ..maas.client import Upload
+from ..maas import Upload
 from ..pipeline import BuildSpec, build
 from ..sources import plans
 from ..sources.fetching import fetch
@@ -108,34 +107,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise PrivilegeError(f"`{PROG} {verb}` must run as root: it {ROOT_VERBS[verb]}",
                              hint=f"run it with sudo: sudo {PROG} {verb} ...")
     handler = {"build": _build, "fetch": _fetch_verb, "extract": _extract, "shell": _shell,
-               "pack": _pack, "upload": _upload, "recover": _recover,
-               "boot-test": _boot_test}[verb]
+               "pack": _pack, "upload": _upload, "images": _images, "delete": _delete,
+               "recover": _recover, "boot-test": _boot_test}[verb]
     return handler(args)
 
 
 def _client(args: argparse.Namespace) -> maas.MaasClient:
+    opts = {"cacerts": args.cacerts} if args.cacerts else {}
     if args.profile:
-        return maas.MaasClient.from_profile(args.profile)
+        return maas.MaasClient.from_profile(args.profile, **opts)
     url = args.maas_url or os.environ.get("MAAS_URL")
     key = args.api_key or os.environ.get("MAAS_API_KEY")
     if url and key:
-        return maas.MaasClient(url, key)
+        return maas.MaasClient(url, key, **opts)
     if os.environ.get("MAAS_PROFILE"):
-        return maas.MaasClient.from_profile(os.environ["MAAS_PROFILE"])
+        return maas.MaasClient.from_profile(os.environ["MAAS_PROFILE"], **opts)
     raise MaasCredentialsError(
-        "uploading needs MAAS credentials, and none were given", url="",
+        f"`{PROG} {args.verb}` needs MAAS credentials, and none were given", url="",
         hint="pass --profile NAME (from `maas login`), or --maas-url URL --api-key KEY, "
              "or set MAAS_URL and MAAS_API_KEY")
 
 
+def _upload_spec(args: argparse.Namespace) -> Upload:
+    # the name is checked before anything touches the network or the disk
+    return Upload(client=_client(args), name=maas.validate_name(args.name), title=args.title,
+                  architecture=args.architecture, base_image=args.base_image,
+                  filetype=getattr(args, "filetype", None), replace=args.replace,
+                  wait=args.wait, wait_timeout=args.wait_timeout, chunk_size=args.chunk_size)
+
+
 def build_spec(args: argparse.Namespace) -> BuildSpec:
     """The :class:`~maas_chroot.pipeline.BuildSpec` of ``maas-chroot build`` arguments."""
-    upload = None
-    if args.name:
-        # validate the name before anything touches the network or the disk
-        upload = Upload(client=_client(args), name=maas.validate_name(args.name),
-                        title=args.title, architecture=args.architecture,
-                        base_image=args.base_image)
+    upload = _upload_spec(args) if args.name else None
     return BuildSpec.create(
         args.source, args.output,
         packages=args.packages, remove=args.remove, purge=args.purge, upgrade=args.upgrade,
@@ -209,12 +212,28 @@ def _pack(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     if not args.name:
         raise UsageError("upload needs --name (e.g. --name custom/noble-custom)", PROG + " upload")
-    name = maas.validate_name(args.name)
-    client = _client(args)
-    res = client.upload(args.file, name=name, title=args.title, architecture=args.architecture,
-                        filetype=args.filetype, base_image=args.base_image,
-                        progress=args.progress)
+    res = _upload_spec(args).send(args.file, progress=args.progress)
     print(repr(res))
+    if res.complete is False:
+        print(f"{res.full_name} is uploaded and MAAS is copying it to its other region "
+              f"controllers ({res.progress or 0:.0f}% of the copies): `{PROG} images` shows "
+              "when it is complete; --wait waits for it", file=sys.stderr)
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(maas.table(client.images(architecture=args.architecture)))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    if (args.name is None) == (args.id is None):
+        raise UsageError("delete needs NAME or --id ID (one of them)", PROG + " delete")
+    with _client(args) as client:
+        gone = client.delete(args.id if args.id is not None else args.name,
+                             architecture=args.architecture)
+    print(f"deleted {gone.full_name} {gone.architecture} (boot resource {gone.id})")
     return 0
 
 

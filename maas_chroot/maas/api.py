@@ -2,81 +2,25 @@
 
 Response shapes follow canonical/maas ``src/maasserver/api/boot_resources.py``
 (``boot_resource_to_dict``, ``boot_resource_set_to_dict``, ``boot_resource_file_to_dict``);
-profiles follow ``src/maascli/config.py`` (``ProfileConfig``).
+error bodies ``src/maasserver/exceptions.py`` and ``middleware.py``: form errors are JSON
+``{field: [message]}``, everything else (chunk errors, the sha256/size conflict) text/plain.
 """
 
 from __future__ import annotations
 
-import contextlib
+import html
 import json
-import os
-import pwd
-import sqlite3
+import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import requests
 
-from ..errors import MaasApiError, MaasCredentialsError
+from ..errors import MaasApiError
 
-#: Where ``maas login`` keeps its profiles (deb install, then snap).
-PROFILE_DBS = ("~/.maascli.db", "~/snap/maas/current/.maascli.db")
-
-
-def read_profile(name: str, *, path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
-    """(url, api_key) of the maas CLI profile ``name``."""
-    candidates = [Path(path)] if path is not None else profile_dbs()
-    seen: list[str] = []
-    for db in candidates:
-        if not db.is_file():
-            continue
-        try:
-            with contextlib.closing(readonly(db)) as conn:
-                rows = dict(conn.execute("SELECT name, data FROM profiles").fetchall())
-        except sqlite3.Error as e:
-            raise MaasApiError(f"cannot read maas CLI profiles from {db}: {e}",
-                               url=db.as_uri()) from e
-        seen += [f"{n} ({db})" for n in rows]
-        if name not in rows:
-            continue
-        raw = rows[name]
-        data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        creds = data.get("credentials")
-        if isinstance(creds, str):
-            creds = creds.split(":")
-        if not creds or len(creds) != 3:
-            raise MaasCredentialsError(
-                f"maas CLI profile {name!r} in {db} has no API key (anonymous login)",
-                url=str(data.get("url", "")),
-                hint=f"log in again with a key: maas login {name} <url> <api-key>")
-        return str(data["url"]), ":".join(str(c) for c in creds)
-    where = ", ".join(str(p) for p in candidates)
-    raise MaasCredentialsError(
-        f"no maas CLI profile {name!r} in {where}"
-        + (f"; profiles found: {', '.join(seen)}" if seen else ""),
-        url="", hint=f"run `maas login {name} http://<maas>:5240/MAAS <api-key>` first, "
-        "or use MaasClient(url, api_key) / MaasClient.from_env()")
-
-
-def profile_dbs() -> list[Path]:
-    """The profile DBs to look in: the user's, then (under sudo) the invoking user's."""
-    homes = [Path.home()]
-    sudo_user = os.environ.get("SUDO_USER")
-    if sudo_user:
-        with contextlib.suppress(KeyError):
-            homes.append(Path(pwd.getpwnam(sudo_user).pw_dir))
-    out: list[Path] = []
-    for home in homes:
-        for rel in PROFILE_DBS:
-            db = home / rel.removeprefix("~/")
-            if db not in out:
-                out.append(db)
-    return out
-
-
-def readonly(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+#: MAAS's own nginx refuses bodies over this (``client_max_body_size 10M`` in
+#: ``debian/extras/nginx.conf`` and the snap's, 3.4 to 3.8).
+MAAS_BODY_LIMIT = 10 << 20
 
 
 def version_key(version: str) -> tuple[int, ...] | tuple[float]:
@@ -85,6 +29,12 @@ def version_key(version: str) -> tuple[int, ...] | tuple[float]:
         return tuple(int(p) for p in version.split("."))
     except ValueError:
         return (float("-inf"),)
+
+
+def series(version: str) -> tuple[int, int]:
+    """``"3.6.2-16349-g..."`` -> ``(3, 6)``; an unknown version counts as new."""
+    found = re.match(r"(\d+)\.(\d+)", version.strip())
+    return (int(found.group(1)), int(found.group(2))) if found else (99, 0)
 
 
 def the_file(created: Mapping[str, Any], url: str) -> dict[str, Any]:
@@ -100,24 +50,42 @@ def the_file(created: Mapping[str, Any], url: str) -> dict[str, Any]:
     return dict(next(iter(files.values())))
 
 
-def file_by_upload_uri(data: Mapping[str, Any], upload_url: str) -> dict[str, Any]:
-    for rset in (data.get("sets") or {}).values():
+def set_of(data: Mapping[str, Any], upload_url: str) -> dict[str, Any]:
+    """The set holding the file whose ``upload_uri`` is ``upload_url`` (else the newest)."""
+    sets = data.get("sets") or {}
+    for rset in sets.values():
         for rfile in (rset.get("files") or {}).values():
             uri = rfile.get("upload_uri")
             if uri and upload_url.endswith(str(uri)):
-                return dict(rfile)
-    return the_file(data, upload_url)   # complete files carry no upload_uri any more
+                return dict(rset)
+    if not sets:   # complete files carry no upload_uri any more
+        raise MaasApiError("MAAS reported no set for the boot resource", url=upload_url,
+                           body=json.dumps(data))
+    return dict(sets[max(sets, key=version_key)])
 
 
-def stored_bytes(rfile: Mapping[str, Any]) -> int | None:
-    """Bytes MAAS stored: ``progress`` is 100 * stored / size (one region controller)."""
-    size = rfile.get("size")
-    if rfile.get("complete") and isinstance(size, int):
-        return size
-    pct = rfile.get("progress")
-    if not isinstance(size, int) or not isinstance(pct, (int, float)):
+def stored_bytes(rset: Mapping[str, Any], *, regions: int) -> int | None:
+    """Bytes the region we upload to has stored of a one-file set.
+
+    The set's ``progress`` is used, not the file's: on 3.4 a file's progress is
+    ``LargeFile.progress``, ``total_size / size``, which is neither a percentage nor the
+    right way up (``models/largefile.py``), while the set's is ``100 * size / total_size``
+    (``models/bootresourceset.py``). From 3.5 both are summed over the region
+    controllers: ``100 * Sum(BootResourceFileSync.size) / (size * n_regions)``
+    (``sync_progress`` in ``models/bootresourcefile.py`` and ``bootresourceset.py``).
+    Before the file is complete only the region we upload to holds any of it (the
+    others copy it once it is complete), so it holds ``progress * size * n_regions /
+    100``. ``regions`` is 1 for 3.4, whose content is one PostgreSQL large object.
+    """
+    size = rset.get("size")
+    if not isinstance(size, int):
         return None
-    return round(pct * size / 100)
+    if rset.get("complete"):
+        return size
+    pct = rset.get("progress", 0.0)
+    if not isinstance(pct, (int, float)):
+        return None
+    return round(pct * size * regions / 100)
 
 
 def body(r: requests.Response) -> str:
@@ -128,12 +96,14 @@ def body(r: requests.Response) -> str:
 
 
 def message(r: requests.Response) -> str:
-    """MAAS's message: validation errors come as JSON {field: [messages]}."""
+    """MAAS's message: validation errors come as JSON {field: [messages]}; a proxy's
+    HTML error page is reduced to its title."""
     text = body(r)
     try:
         data = json.loads(text)
     except ValueError:
-        return text
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        return html.unescape(title.group(1)).strip() if title else text
     if isinstance(data, dict):
         parts = []
         for key, value in data.items():
@@ -143,21 +113,60 @@ def message(r: requests.Response) -> str:
     return text
 
 
+_HINTS = {
+    401: "check the API key (`maas apikey --username <user>` prints it); MAAS also "
+         "refuses requests signed more than 300 s ago, so check this machine's clock",
+    403: "uploading and deleting boot resources needs an administrator's API key (MAAS "
+         "3.8: the can_edit_boot_entities permission)",
+    404: "check the MAAS URL (it usually ends in /MAAS, e.g. http://maas:5240/MAAS) and "
+         "the resource id",
+}
+
+
+def _field_hint(r: requests.Response) -> str | None:
+    """A hint for MAAS's form errors that need one (``clean_base_image`` in
+    ``src/maasserver/forms/__init__.py``)."""
+    try:
+        fields = json.loads(body(r))
+    except ValueError:
+        return None
+    words = " ".join(str(m) for m in (fields.get("base_image") or [])) \
+        if isinstance(fields, dict) else ""
+    if "valid base image OS and version" in words:
+        return ("MAAS checks the base image's release against the distro-info-data "
+                "installed on the region controller: a release newer than that is refused. "
+                "Update distro-info-data on the region, or pass an older base_image")
+    if "non-custom OS type" in words:
+        return "a base image is the OS the image is built on, e.g. ubuntu/noble or centos/8"
+    return None
+
+
+def too_large(size: int | None) -> str:
+    """The hint for a 413: a proxy's body limit (nginx ``client_max_body_size``)."""
+    sent = f"{size} bytes" if size else "this request's body"
+    return (f"a reverse proxy in front of MAAS refused {sent}: raise its limit (nginx: "
+            f"`client_max_body_size {MAAS_BODY_LIMIT >> 20}m;` in the server or location "
+            "that proxies /MAAS/, as MAAS's own nginx has it), or upload in smaller chunks "
+            "(chunk_size=1 << 19, --chunk-size 512K)")
+
+
 def api_error(r: requests.Response, *, hint: str | None = None) -> MaasApiError:
     method = r.request.method if r.request is not None else "?"
     msg = message(r)
-    hints = {
-        401: "check the API key (`maas apikey --username <user>` prints it); MAAS also "
-             "refuses requests signed more than 300 s ago, so check this machine's clock",
-        403: "uploading and deleting boot resources needs an administrator's API key",
-        404: "check the MAAS URL (it usually ends in /MAAS, e.g. http://maas:5240/MAAS) and "
-             "the resource id",
-    }
-    extra = hints.get(r.status_code) or ("MAAS had an internal error: see "
-                                         "/var/snap/maas/common/log/regiond.log"
-                                         if r.status_code >= 500 else None)
+    if r.status_code == 413:
+        length = r.request.headers.get("Content-Length") if r.request is not None else None
+        extra: str | None = too_large(int(length) if length and length.isdigit() else None)
+    elif r.is_redirect:
+        where = r.headers.get("Location", "")
+        msg = f"redirected to {where}" if where else msg
+        extra = ("TLS is enabled on this MAAS (`maas config-tls`), and it redirects http to "
+                 "https, which a POST or PUT cannot follow: use the https URL "
+                 "(https://HOST:5443/MAAS) with cacerts")
+    else:
+        extra = _HINTS.get(r.status_code) or _field_hint(r) or (
+            "MAAS had an internal error: see /var/snap/maas/common/log/regiond.log (deb: "
+            "/var/log/maas/regiond.log)" if r.status_code >= 500 else None)
     return MaasApiError(
         f"MAAS refused {method} {r.url}: HTTP {r.status_code}: {msg}", url=r.url,
         status=r.status_code, body=body(r),
         hint="; ".join(h for h in (extra, hint) if h) or None)
-

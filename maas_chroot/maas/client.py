@@ -1,4 +1,4 @@
-"""MAAS API 2.0 client for custom boot resources: OAuth1 signing, chunked upload, name rules.
+"""MAAS API 2.0 client for custom boot resources: OAuth1 signing, TLS, the image lifecycle.
 
 Follows what MAAS itself does (canonical/maas):
 
@@ -7,88 +7,58 @@ Follows what MAAS itself does (canonical/maas):
   ``"OAuth"``. requests-oauthlib signs every prepared request, so each chunk gets a
   fresh ``oauth_nonce`` and ``oauth_timestamp`` (MAAS/piston refuses timestamps
   older than 300 s and any reused nonce).
-* upload: ``src/maascli/actions/boot_resources_create.py``: POST the metadata
-  (name, title, architecture, filetype, size, sha256[, base_image]) as multipart, take
-  the newest set of the answer, which must hold exactly one file; if it is already
-  ``complete`` there is nothing to send; else PUT the bytes to its ``upload_uri`` in
-  4 MiB chunks (``CHUNK_SIZE = 1 << 22``), ``Content-Type: application/octet-stream``.
-* server side: ``src/maasserver/api/boot_resources.py``: the PUT handler appends a
-  chunk at the stored size (no offset header), refuses a body shorter than
-  Content-Length, and checks the sha256 when the last byte arrives. An incomplete
-  file reports ``progress`` (percent of ``size`` stored), which is how a failed
-  chunk is checked: it is never re-sent blindly.
+* TLS: :mod:`.tls` (a CA file, or the PEM text ``maas login --cacerts`` keeps).
+* the upload: :mod:`.upload` (create, chunks, re-upload rules) and :mod:`.chunks`.
+* the lifecycle: ``GET boot-resources/?type=uploaded`` lists custom images without their
+  sets, so :meth:`MaasClient.images` reads each one; ``DELETE boot-resources/<id>/``
+  (``BootResourceHandler.delete`` in ``src/maasserver/api/boot_resources.py``) answers
+  204, and for an id that does not exist a 500 (it uses ``.get``, not
+  ``get_object_or_404``), so :meth:`MaasClient.delete` looks the resource up first.
+* ``GET version/`` (``VersionHandler``, anonymous) and ``GET regioncontrollers/`` tell
+  which MAAS this is and how many region controllers must hold a copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import os
 import re
+import tempfile
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 from urllib.parse import urljoin
 
 import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from .. import progress, releases
-from ..errors import ArchiveError, MaasApiError, MaasCredentialsError
-from . import api, names
-from .api import read_profile
-from .names import (
-    FILETYPES,
-    infer_filetype,
-    validate_architecture,
-    validate_base_image,
-    validate_filetype,
-    validate_name,
-)
+from .. import progress as _progress
+from ..errors import ArgumentError, ImageNameError, MaasApiError, MaasCredentialsError
+from . import api, names, tls, upload
+from .profiles import read_profile
 from .resource import BootResource
 
-__all__ = ["CHUNK_SIZE", "FILETYPES", "BootResource", "MaasClient", "Upload", "validate_name"]
+__all__ = ["MaasClient"]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes per PUT, as the maas CLI and python-libmaas send them.
-CHUNK_SIZE = 1 << 22
-_MAX_RECOVERIES = 3
-
-
-class _Sized(Protocol):          # maas_chroot.archive.PackResult, duck-typed
-    @property
-    def path(self) -> Path: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def sha256(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Upload:
-    """Where and how ``build()`` uploads its output (:meth:`MaasClient.upload` arguments)."""
-
-    client: MaasClient
-    name: str
-    title: str | None = None
-    architecture: str = "amd64/generic"
-    base_image: str | None = None
-    filetype: str | None = None
+#: Seconds :meth:`MaasClient.wait` waits by default for every region to hold a copy.
+WAIT_TIMEOUT = upload.WAIT_TIMEOUT
 
 
 class MaasClient:
     """A MAAS API 2.0 client (boot resources).
 
-    ``url`` is the MAAS URL as given to ``maas login`` (``http://maas:5240/MAAS``);
-    ``api_key`` is ``consumer_key:token_key:token_secret`` (``maas apikey --username U``).
+    ``url`` is the MAAS URL as given to ``maas login`` (``http://maas:5240/MAAS``,
+    ``https://maas:5443/MAAS``); ``api_key`` is ``consumer_key:token_key:token_secret``
+    (``maas apikey --username U``). ``cacerts``: a PEM file of the CA(s) to trust for
+    https, instead of requests' default bundle. ``verify_tls=False`` turns certificate
+    checks off (say so explicitly; it is logged). ``timeout``: seconds per HTTP request.
     """
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 120.0,
-                 verify_tls: bool = True) -> None:
+    def __init__(self, url: str, api_key: str, *, cacerts: str | os.PathLike[str] | None = None,
+                 verify_tls: bool = True, timeout: float = 120.0) -> None:
         base = url.strip().rstrip("/")
         if not re.match(r"^https?://[^/]+", base):
             raise MaasApiError(f"MAAS URL {url!r} is not an http(s) URL", url=url,
@@ -102,20 +72,32 @@ class MaasClient:
                 "the MAAS API key must have three parts 'consumer:token:secret'",
                 url=self.api_url, hint="print it on the region with `maas apikey --username "
                 "<user>` or copy it from the UI (user preferences, API keys)")
+        if cacerts is not None and not verify_tls:
+            raise ArgumentError("cacerts= and verify_tls=False contradict each other",
+                                hint="give the CA to trust, or (not advised) verify_tls=False")
         self.timeout = timeout
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._trust = (tls.from_file(cacerts, url=self.api_url) if cacerts is not None else
+                       tls.Trust(verify=verify_tls, origin="requests' default CA bundle"))
+        if not verify_tls:
+            logger.warning("TLS certificate checks are OFF for %s (verify_tls=False)", self.url)
         self._session = requests.Session()
-        self._session.verify = verify_tls
         # requests' default adapter never re-sends a request (max_retries=0): a chunk
         # that may have been applied must not go out twice.
         self._session.auth = OAuth1(parts[0], "", parts[1], parts[2],
                                     signature_method=SIGNATURE_PLAINTEXT, realm="OAuth")
         self._session.headers["User-Agent"] = "maas-chroot"
+        self._version: str | None = None
+        self._regions: int | None = None
 
     def __repr__(self) -> str:
         return f"MaasClient(url={self.url!r})"
 
     def close(self) -> None:
         self._session.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> MaasClient:
         return self
@@ -141,21 +123,41 @@ class MaasClient:
     @classmethod
     def from_profile(cls, name: str, *, path: str | os.PathLike[str] | None = None,
                      **kwargs: Any) -> MaasClient:
-        """From a profile saved by ``maas login NAME URL KEY``.
+        """From a profile saved by ``maas login NAME URL KEY [--cacerts FILE]``.
 
-        The maas CLI keeps profiles in sqlite (``src/maascli/config.py``): table
-        ``profiles(id, name UNIQUE, data)`` with ``data`` the JSON of
-        ``{"name", "url", "credentials": [consumer, token, secret], ...}``. Looked up in
-        ``path``, else ``~/.maascli.db`` then ``~/snap/maas/current/.maascli.db``, and
-        under sudo the same files in ``$SUDO_USER``'s home (the user who ran ``maas login``).
+        Looked up in ``path``, else ``~/.maascli.db`` then ``~/snap/maas/current/.maascli.db``,
+        and under sudo the same files in ``$SUDO_USER``'s home (the user who ran ``maas
+        login``); see :mod:`.profiles`. The profile's ``cacerts`` are trusted unless
+        ``cacerts=`` (or ``verify_tls=False``) is given here.
         """
-        url, key = read_profile(name, path=path)
-        return cls(url, key, **kwargs)
+        profile = read_profile(name, path=path)
+        client = cls(profile.url, profile.api_key, **kwargs)
+        if profile.cacerts and "cacerts" not in kwargs and kwargs.get("verify_tls", True):
+            client._tmp = tempfile.TemporaryDirectory(prefix="maas-chroot-ca-")
+            client._trust = tls.from_text(profile.cacerts, url=client.api_url,
+                                          origin=f"maas CLI profile {name!r} ({profile.db})",
+                                          workdir=client._tmp)
+        return client
 
-    # --- plain API ------------------------------------------------------------------------
+    # --- what MAAS this is ---------------------------------------------------------------
+
+    def version(self) -> str:
+        """MAAS's version, e.g. ``"3.6.2"`` (``GET version/``; asked once)."""
+        if self._version is None:
+            self._version = str(self._json("GET", "version/").get("version", ""))
+        return self._version
+
+    def regions(self) -> int:
+        """How many region controllers MAAS has (each must hold a copy of an image)."""
+        if self._regions is None:
+            self._regions = max(1, len(self._json("GET", "regioncontrollers/")))
+        return self._regions
+
+    # --- boot resources --------------------------------------------------------------------
 
     def boot_resources(self, *, type: str | None = None) -> list[BootResource]:
-        """All boot resources (``type``: "uploaded", "synced" or None for all)."""
+        """All boot resources (``type``: "uploaded", "synced" or None for all), without
+        their sets (MAAS lists none: ``size``, ``sha256`` and ``complete`` are None)."""
         params = {"type": type} if type else None
         data = self._json("GET", "boot-resources/", params=params)
         return [BootResource.from_json(d) for d in data]
@@ -163,161 +165,126 @@ class MaasClient:
     def get(self, id: int) -> BootResource:
         return BootResource.from_json(self._json("GET", f"boot-resources/{int(id)}/"))
 
-    def delete(self, id: int) -> None:
-        self._call("DELETE", f"boot-resources/{int(id)}/")
+    def images(self, *, architecture: str | None = None) -> list[BootResource]:
+        """The custom images, each with its newest set (size, sha256, complete, day)."""
+        listed = self.boot_resources(type="uploaded")
+        return [self.get(r.id) for r in listed
+                if architecture is None or r.architecture == architecture]
 
-    # --- upload -----------------------------------------------------------------------------
+    def find(self, name: str, *, architecture: str | None = None) -> list[BootResource]:
+        """The custom images named ``name`` (``custom/foo`` or ``foo``, stored either way).
 
-    def upload(self, path: str | os.PathLike[str] | _Sized, *, name: str,
+        Not checked against the naming rules: MAAS 3.8 accepts ``custom/jammy``, which
+        this client would refuse to upload, and it must still be found to be deleted.
+        """
+        wanted = _release(name)
+        return [r for r in self.boot_resources(type="uploaded")
+                if names.same_name(r.name, wanted)
+                and (architecture is None or r.architecture == architecture)]
+
+    def delete(self, name_or_id: int | str, *, architecture: str | None = None) -> BootResource:
+        """Delete a custom image by id, or by name (and ``architecture`` when MAAS has the
+        name for several); return what was deleted."""
+        if isinstance(name_or_id, int):
+            found = [self.get(name_or_id)]
+        else:
+            found = self.find(name_or_id, architecture=architecture)
+        shown = (f"boot resource {name_or_id}" if isinstance(name_or_id, int) else
+                 f"custom/{_release(name_or_id)}"
+                 + (f" for {architecture}" if architecture else ""))
+        if not found:
+            raise MaasApiError(f"MAAS has no custom image {shown}", url=self.api_url,
+                               hint="list them with `maas-chroot images` (MaasClient.images())")
+        if len(found) > 1:
+            which = ", ".join(f"{r.full_name} {r.architecture} (id {r.id}, stored as "
+                              f"{r.name!r})" for r in found)
+            raise MaasApiError(f"{shown} names {len(found)} boot resources: {which}",
+                               url=self.api_url, hint="pass architecture= (--architecture) "
+                               "or the id (--id) of the one to delete")
+        self._call("DELETE", f"boot-resources/{found[0].id}/")
+        logger.info("deleted %s %s (boot resource %d)", found[0].full_name,
+                    found[0].architecture, found[0].id)
+        return found[0]
+
+    def upload(self, path: str | os.PathLike[str] | upload.Sized, *, name: str,
                title: str | None = None, architecture: str = "amd64/generic",
                filetype: str | None = None, base_image: str | None = None,
+               replace: bool = False, wait: bool = False, wait_timeout: float = WAIT_TIMEOUT,
+               chunk_size: int = upload.CHUNK_SIZE,
                progress: bool | None = None) -> BootResource:
-        """Upload an image file (or a ``PackResult``) as custom boot resource ``name``.
+        """Upload an image file (or a ``PackResult``) as custom image ``name``.
 
-        ``filetype`` defaults to what the magic bytes say (tgz/tbz/txz, ddgz/ddbz2/ddxz,
-        ddraw). ``base_image`` (MAAS 3.1+ uses it to pick the installer kernel of a custom
-        Ubuntu image) defaults to ``ubuntu/<codename>`` read from the image's
-        ``etc/lsb-release`` (first 64 MiB of a tgz/tbz/txz only), else from a single
-        Ubuntu codename or version in ``name``/``title`` (``noble-custom``); if neither
-        tells, it is not sent and MAAS uses its commissioning release.
+        ``name``: ``custom/foo`` or ``foo``; MAAS is sent ``foo`` on every version.
+        ``filetype`` defaults to what the magic bytes say; ``base_image`` to
+        ``ubuntu/<codename>`` read from the image (or its name). An existing image of
+        that name and architecture with another ``base_image`` is refused (MAAS would
+        keep the old one), unless ``replace=True``, which deletes it first.
+        ``chunk_size``: bytes per PUT (4 MiB; at most 10 MiB, MAAS's nginx limit).
 
-        Returns the resource once MAAS verified the sha256 of the whole file. A failed
-        chunk is never re-sent blindly: the resource is read back, and the upload goes
-        on only when MAAS's stored size proves the chunk arrived; otherwise
-        :class:`MaasApiError` says how to resume.
+        Returns once MAAS verified the sha256 of the whole file. With several region
+        controllers (3.5+) MAAS then copies it to the others, and ``complete`` is False
+        until they all have it: ``wait=True`` waits for that (:meth:`wait`).
         """
-        full = validate_name(name)
-        validate_architecture(architecture)
-        if filetype is not None:
-            validate_filetype(filetype)
-        if base_image is not None:
-            base_image = validate_base_image(base_image)
-        file = Path(path) if isinstance(path, (str, os.PathLike)) else Path(path.path)
-        if not file.is_file():
-            raise ArchiveError(f"cannot upload {file}: it is not a file (or does not exist)",
-                               path=file, hint="give the path of a packed image, e.g. the "
-                                               "output of maas-chroot build -o FILE")
-        filetype = filetype or infer_filetype(file)       # cheap checks before the long read
-        if base_image is None:
-            found = (names.sniff_ubuntu_release(file, filetype)
-                     or releases.named_in([full, title or ""]))
-            if found:
-                base_image = f"ubuntu/{found}"
-            else:
-                logger.warning("%s: base_image not given and not Ubuntu-recognisable; MAAS "
-                               "will use its commissioning release", full)
-        if isinstance(path, (str, os.PathLike)):
-            size, sha256 = _size_and_sha256(file, progress=progress)
-        else:
-            size, sha256 = int(path.size), str(path.sha256)
-            if file.stat().st_size != size:
-                raise MaasApiError(f"{file} is {file.stat().st_size} bytes but its PackResult "
-                                   f"says {size}: the file changed since it was packed",
-                                   url=self.api_url, hint="pack it again")
-        if size == 0:
-            raise MaasApiError(f"{file} is empty", url=self.api_url)
-        fields = {"name": full, "title": title or full.split("/", 1)[1],
-                  "architecture": architecture, "filetype": filetype, "size": str(size),
-                  "sha256": sha256}
-        if base_image:
-            fields["base_image"] = base_image
-        logger.info("creating boot resource %s (%s, %d bytes, sha256 %s)", full, filetype,
-                    size, sha256)
-        created = self._json("POST", "boot-resources/",
-                             files={k: (None, v) for k, v in fields.items()})
-        resource = BootResource.from_json(created)
-        rfile = api.the_file(created, self.api_url)
-        if rfile.get("complete"):
-            logger.info("MAAS already has %s (same sha256): nothing to upload", full)
-            return resource
-        upload_url = urljoin(self.api_url, str(rfile["upload_uri"]))
-        self._send(file, upload_url, resource, size, progress=progress)
-        try:
-            return self.get(resource.id)
-        except MaasApiError as e:       # the last PUT's 200 already proved the sha256
-            logger.warning("uploaded %s, but reading it back failed: %s", full, e.message)
-            return dataclasses.replace(resource, complete=True)
+        return upload.Upload(self, name, title=title, architecture=architecture,
+                             filetype=filetype, base_image=base_image, replace=replace,
+                             wait=wait, wait_timeout=wait_timeout,
+                             chunk_size=chunk_size).send(path, progress=progress)
 
-    def _send(self, file: Path, upload_url: str, resource: BootResource, size: int, *,
-              progress: bool | None) -> None:
-        buf = bytearray(CHUNK_SIZE)
-        view = memoryview(buf)
-        offset, recoveries = 0, 0
-        with open(file, "rb") as f, _progress_bar(progress, size, resource) as bar:
-            while offset < size:
-                n = f.readinto(view)
-                if not n:
-                    raise MaasApiError(f"{file} shrank while uploading (at byte {offset} of "
-                                       f"{size})", url=upload_url, hint=_resume(resource))
-                # The reused buffer goes out as is (urllib3 sends any buffer object).
-                body = cast(bytes, buf if n == CHUNK_SIZE else buf[:n])
-                failure: requests.Response | Exception | None
-                try:
-                    r = self._session.put(upload_url, data=body, timeout=self.timeout,
-                                          headers={"Content-Type": "application/octet-stream",
-                                                   "Content-Length": str(n)})
-                    failure = None if r.status_code == 200 else r
-                except requests.RequestException as e:
-                    failure = e
-                if failure is not None:
-                    if isinstance(failure, requests.Response) and failure.status_code < 500:
-                        raise api.api_error(failure, hint=_resume(resource))
-                    if self._recover(failure, resource=resource, upload_url=upload_url,
-                                     offset=offset, n=n, size=size):
-                        bar.update(size - offset)
-                        return
-                    recoveries += 1
-                    if recoveries > _MAX_RECOVERIES:
-                        raise MaasApiError(
-                            f"upload of {resource.full_name} (boot resource {resource.id}) "
-                            f"gave up after {recoveries} failed chunks; MAAS has "
-                            f"{offset + n} of {size} bytes", url=upload_url,
-                            hint="check the network to MAAS; " + _resume(resource))
-                offset += n
-                bar.update(n)
+    def wait(self, resource: BootResource | int, *, timeout: float = WAIT_TIMEOUT,
+             interval: float = 5.0, progress: bool | None = None) -> BootResource:
+        """Poll until MAAS says every region controller holds the newest set, verified.
 
-    def _recover(self, failure: requests.Response | Exception, *, resource: BootResource,
-                 upload_url: str, offset: int, n: int, size: int) -> bool:
-        """A chunk [offset, offset+n) failed: go on only if MAAS proves it stored it.
-
-        Returns True when MAAS has the whole file (verified), False to send the next chunk.
+        Polls soon at first, then less often, ``interval`` seconds apart at most.
         """
-        what = (f"HTTP {failure.status_code}: {api.body(failure)}"
-                if isinstance(failure, requests.Response) else f"{type(failure).__name__}: "
-                f"{failure}")
-        logger.warning("chunk at byte %d of %s failed (%s); reading the resource back",
-                       offset, resource.name, what)
-        try:
-            data = self._json("GET", f"boot-resources/{resource.id}/")
-            rfile = api.file_by_upload_uri(data, upload_url)
-        except MaasApiError as e:
-            raise MaasApiError(
-                f"upload of {resource.full_name} (boot resource {resource.id}) stopped at byte "
-                f"{offset} of {size}: the chunk failed ({what}) and MAAS could not be asked "
-                f"what it stored ({e.message})", url=upload_url, hint=_resume(resource)) from e
-        stored = api.stored_bytes(rfile)
-        if rfile.get("complete"):
-            return True                 # MAAS verified the sha256 of the whole file
-        if stored == offset + n:
-            logger.info("MAAS stored the chunk at byte %d: going on", offset)
-            return False
-        seen = "unknown" if stored is None else str(stored)
-        raise MaasApiError(
-            f"upload of {resource.full_name} (boot resource {resource.id}) stopped: the chunk "
-            f"at byte {offset} (+{n}) of {size} failed ({what}); MAAS reports {seen} bytes "
-            "stored, so it cannot safely go on (MAAS appends each chunk without an offset, a "
-            "re-sent chunk could be stored twice)", url=upload_url, hint=_resume(resource))
+        rid = resource.id if isinstance(resource, BootResource) else int(resource)
+        deadline = time.monotonic() + timeout
+        delay = min(0.2, interval)
+        current = self.get(rid)
+        if current.complete is None:
+            raise MaasApiError(f"{current.full_name} (boot resource {rid}) has no file to "
+                               "wait for", url=urljoin(self.api_url, f"boot-resources/{rid}/"))
+        with _progress.bar(progress, total=100.0, desc=f"sync {current.full_name}",
+                           unit="%") as bar:
+            while not current.complete:
+                bar.update(max(0.0, (current.progress or 0.0) - bar.n))
+                if time.monotonic() >= deadline:
+                    raise MaasApiError(
+                        f"{current.full_name} (boot resource {rid}) is not complete after "
+                        f"{timeout:g} s: MAAS has {current.progress or 0:.0f}% of the copies "
+                        "its region controllers need", url=urljoin(
+                            self.api_url, f"boot-resources/{rid}/"),
+                        hint="MAAS goes on copying in the background: wait longer "
+                        "(timeout=, --wait-timeout), and check that each region controller "
+                        "reaches the others on port 5240 (the copies go through "
+                        "/MAAS/boot-resources/)")
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 1.5, interval)
+                current = self.get(rid)
+            bar.update(100.0 - bar.n)
+        logger.info("%s is complete on every region controller", current.full_name)
+        return current
 
     # --- HTTP plumbing ------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One HTTP request, with this client's trust (given on every request: a session's
+        ``verify`` loses to ``REQUESTS_CA_BUNDLE``). A TLS failure is a MaasApiError; other
+        transport errors are raised as requests raises them."""
+        try:
+            return self._session.request(method, url, timeout=self.timeout,
+                                         verify=self._trust.verify, allow_redirects=False,
+                                         **kwargs)
+        except requests.exceptions.SSLError as e:
+            raise tls.failure(e, method=method, url=url, trust=self._trust) from e
 
     def _call(self, method: str, rel: str, **kwargs: Any) -> requests.Response:
         url = urljoin(self.api_url, rel)
         try:
-            r = self._session.request(method, url, timeout=self.timeout, **kwargs)
+            r = self._request(method, url, **kwargs)
         except requests.RequestException as e:
             raise MaasApiError(f"{method} {url} failed: {e}", url=url,
                                hint="is MAAS running and reachable at this URL?") from e
-        if r.status_code >= 400:
+        if r.status_code >= 400 or r.is_redirect:
             raise api.api_error(r)
         return r
 
@@ -333,30 +300,10 @@ class MaasClient:
                                hint="check the MAAS URL (it usually ends in /MAAS)") from e
 
 
-def _size_and_sha256(file: Path, *, progress: bool | None) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    buf = bytearray(CHUNK_SIZE)
-    view = memoryview(buf)
-    total = file.stat().st_size
-    with open(file, "rb") as f, _bar(progress, total, f"sha256 {file.name}") as bar:
-        while n := f.readinto(view):
-            h.update(view[:n])
-            size += n
-            bar.update(n)
-    return size, h.hexdigest()
-
-
-def _bar(progress_flag: bool | None, total: int, desc: str) -> Any:
-    return progress.bar(progress_flag, total=total, desc=desc)
-
-
-def _progress_bar(progress_flag: bool | None, total: int, resource: BootResource) -> Any:
-    return _bar(progress_flag, total, f"upload {resource.full_name}")
-
-
-def _resume(resource: BootResource) -> str:
-    return (f"MAAS keeps the incomplete boot resource {resource.id} ({resource.full_name}); "
-            f"delete it with `maas $PROFILE boot-resource delete {resource.id}` (or "
-            f"MaasClient(...).delete({resource.id})) and run the upload again")
-
-
+def _release(name: str) -> str:
+    """``custom/foo`` or ``foo`` -> ``foo`` (refusing only what cannot be a name)."""
+    bare = name.strip().removeprefix("custom/") if isinstance(name, str) else ""
+    if not bare or "/" in bare:
+        raise ImageNameError(f"{name!r} is not a custom image name",
+                             hint="give custom/NAME or NAME (or the boot resource's id)")
+    return bare

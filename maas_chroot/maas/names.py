@@ -3,13 +3,17 @@
 Private helper of :mod:`maas_chroot.maas`. The rules follow MAAS's own form,
 ``BootResourceForm`` in canonical/maas ``src/maasserver/forms/__init__.py``:
 
-* ``clean_name``: a name with one ``/`` is split in ``os/release``; ``custom/`` is
-  stripped; any other prefix must be a supported OS (and the image would then not
-  be a custom one). The remaining name is refused with "<name> is a reserved name"
-  when it is an ``os/release`` offered by the image stream (so every Ubuntu
-  release codename), one of those words, an OS name of ``OperatingSystemRegistry``
-  or matches ``^centos\\d\\d?$``. More than one ``/`` makes MAAS's
-  ``name.split("/")`` unpacking fail (a server error), so it is refused here.
+* ``clean_name``: a name with one ``/`` is split in ``os/release``; any prefix but
+  ``custom`` must be a supported OS (and the image would then not be a custom one).
+  Up to 3.7 ``custom/`` is stripped; from 3.8 (commit e7eb692ff) it is stored as
+  sent, ``custom/foo``, which deploy cannot find: ``BootResourceManager.get_resource_for``
+  (``models/bootresource.py``) and ``preseed.get_base_osystem_series`` look a custom
+  release up by ``name == "foo"``. So the bare name is what goes to MAAS, on every
+  version (:func:`bare_name`), and ``custom/foo`` is what the user sees. The name is
+  refused with "<name> is a reserved name" when it is an ``os/release`` offered by
+  the image stream (so every Ubuntu release codename), one of those words, an OS name
+  of ``OperatingSystemRegistry`` or matches ``^centos\\d\\d?$``. More than one ``/``
+  makes MAAS's ``name.split("/")`` unpacking fail (a server error), so it is refused.
 * ``clean_base_image``: ``<osystem>/<series>`` with osystem in ``LINUX_OSYSTEMS``
   (ubuntu, centos, rhel, ol; ``src/maasserver/models/bootresource.py``).
 * ``BOOT_RESOURCE_FILE_TYPE_CHOICES_UPLOAD``: the filetype values.
@@ -56,7 +60,8 @@ _SERIES = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 def validate_name(name: str) -> str:
-    """Return ``custom/<name>`` for a name MAAS accepts for a custom image, or raise.
+    """Return ``custom/<name>`` (how the user sees it) for a name MAAS accepts for a
+    custom image, or raise.
 
     Accepts ``custom/x`` or a bare ``x``. Raises :class:`ImageNameError` (with MAAS's
     own wording, e.g. "focal is a reserved name") for names MAAS refuses.
@@ -97,6 +102,17 @@ def validate_name(name: str) -> str:
             "MAAS would answer 400 with the same words)",
             hint=f"pick a name that is not a release or OS name, e.g. 'custom/{bare}-custom'")
     return f"custom/{bare}"
+
+
+def bare_name(name: str) -> str:
+    """The name to send MAAS (and the release deploy uses): ``custom/foo`` -> ``foo``."""
+    return validate_name(name).removeprefix("custom/")
+
+
+def same_name(stored: str, wanted: str) -> bool:
+    """Whether a name MAAS reports is the custom image ``wanted`` (either spelling):
+    3.4-3.7 store ``foo`` for ``custom/foo``, 3.8 stores what it was sent."""
+    return stored.removeprefix("custom/") == wanted.removeprefix("custom/")
 
 
 def validate_architecture(architecture: str) -> str:
