@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from .archive import PackResult, extract, pack
+from .binfmt import Emulation, enable_binfmt
 from .chroot import Bind, Chroot, recover
 from .customise import SysprepReport, sysprep
 from .errors import (
@@ -26,6 +27,7 @@ from .errors import (
     ChrootBusyError,
     ChrootError,
     CommandError,
+    EmulationError,
     FetchError,
     ImageNameError,
     MaasApiError,
@@ -62,6 +64,8 @@ __all__ = [
     "ChrootBusyError",
     "ChrootError",
     "CommandError",
+    "Emulation",
+    "EmulationError",
     "FetchError",
     "ImageNameError",
     "ImageSource",
@@ -85,6 +89,7 @@ __all__ = [
     "__version__",
     "build",
     "cloud_image",
+    "enable_binfmt",
     "extract",
     "fetch",
     "pack",
