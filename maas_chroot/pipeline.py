@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import rootfs
+from . import binfmt, rootfs
 from .archive import archiving as archive
 from .customise.customisation import Customisation, customise
 from .customise.scrubbing import SysprepReport
@@ -209,6 +209,9 @@ class _Build:
                 up = _check_upload(spec.upload, plan)
                 spec.check()
                 _check_dirs(spec, plan)
+                arch = plan.arch()
+                if arch is not None and (plan.bootstrap is not None or spec.wanted()):
+                    binfmt.require(arch, root="", what=plan.describe())
         except Exception as e:
             raise _failed(Step.CHECK, e, None) from e
         kept = spec.keep_rootfs if spec.keep_rootfs is not None else \
