@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import binfmt, rootfs
+from . import arches, binfmt, rootfs
 from .archive import archiving as archive
 from .customise.customisation import Customisation, customise
 from .customise.scrubbing import SysprepReport
@@ -119,7 +119,8 @@ def _coerce(key: str, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What ``build()`` made: the packed image, its hash, the upload, and where time went."""
+    """What ``build()`` made: the packed image, its hash and architecture, the upload, and
+    where time went."""
 
     output: Path
     size: int
@@ -129,6 +130,7 @@ class BuildResult:
     uploaded: maas.BootResource | None = None
     sysprep: SysprepReport | None = field(default=None, repr=False)
     rootfs: Path | None = None
+    arch: str | None = None
 
     @property
     def durations(self) -> dict[str, float]:
@@ -146,6 +148,8 @@ class BuildResult:
         lines = [f"BuildResult({os.fspath(self.output)!r}, {human_size(self.size)}, "
                  f"sha256={self.sha256[:16]}…)",
                  f"  source    {self.source}"]
+        if self.arch is not None:
+            lines.append(f"  arch      {self.arch}")
         if self.rootfs is not None:
             lines.append(f"  rootfs    {os.fspath(self.rootfs)} (kept)")
         if self.uploaded is not None:
@@ -237,7 +241,7 @@ class _Build:
                         uploaded = up.client.upload(
                             packed, name=up.name, title=up.title, architecture=up.architecture,
                             filetype=up.filetype or filetype, base_image=up.base_image,
-                            progress=self.progress)
+                            force=up.force, progress=self.progress)
                 stack.pop_all()  # success: the work dir goes now, timed, not again on unwind
                 with steps(Step.CLEANUP):
                     _remove_quietly(work)
@@ -245,7 +249,7 @@ class _Build:
                 raise _failed(steps.current, e, kept) from e
         return BuildResult(output=packed.path, size=packed.size, sha256=packed.sha256,
                            source=plan.describe(), steps=tuple(steps.times), uploaded=uploaded,
-                           sysprep=report, rootfs=spec.keep_rootfs)
+                           sysprep=report, rootfs=spec.keep_rootfs, arch=packed.arch)
 
     def _materialise(self, plan: SourcePlan, work: Path) -> Path:
         """Turn the source into a rootfs directory; return it."""
@@ -279,6 +283,9 @@ def _check_upload(upload: Upload | None, plan: SourcePlan) -> Upload | None:
         return None
     name = maas.validate_name(upload.name)
     base = upload.base_image if upload.base_image is not None else plan.base_image()
+    arch = plan.arch()
+    if arch is not None:  # an architecture the source contradicts fails now, not after the build
+        arches.maas_architecture(upload.architecture, arch, force=upload.force)
     return dataclasses.replace(upload, name=name, base_image=base)
 
 

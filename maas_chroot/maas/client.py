@@ -36,7 +36,7 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from .. import progress, releases
+from .. import arches, progress, releases
 from ..errors import ArchiveError, MaasApiError, MaasCredentialsError
 from . import api, names
 from .api import read_profile
@@ -59,7 +59,7 @@ CHUNK_SIZE = 1 << 22
 _MAX_RECOVERIES = 3
 
 
-class _Sized(Protocol):          # maas_chroot.archive.PackResult, duck-typed
+class _Sized(Protocol):          # maas_chroot.archive.PackResult, duck-typed (and its .arch)
     @property
     def path(self) -> Path: ...
     @property
@@ -75,9 +75,10 @@ class Upload:
     client: MaasClient
     name: str
     title: str | None = None
-    architecture: str = "amd64/generic"
+    architecture: str | None = None
     base_image: str | None = None
     filetype: str | None = None
+    force: bool = False
 
 
 class MaasClient:
@@ -169,9 +170,9 @@ class MaasClient:
     # --- upload -----------------------------------------------------------------------------
 
     def upload(self, path: str | os.PathLike[str] | _Sized, *, name: str,
-               title: str | None = None, architecture: str = "amd64/generic",
+               title: str | None = None, architecture: str | None = None,
                filetype: str | None = None, base_image: str | None = None,
-               progress: bool | None = None) -> BootResource:
+               force: bool = False, progress: bool | None = None) -> BootResource:
         """Upload an image file (or a ``PackResult``) as custom boot resource ``name``.
 
         ``filetype`` defaults to what the magic bytes say (tgz/tbz/txz, ddgz/ddbz2/ddxz,
@@ -180,6 +181,9 @@ class MaasClient:
         ``etc/lsb-release`` (first 64 MiB of a tgz/tbz/txz only), else from a single
         Ubuntu codename or version in ``name``/``title`` (``noble-custom``); if neither
         tells, it is not sent and MAAS uses its commissioning release.
+        ``architecture`` defaults to the image's (``arm64/generic``: a ``PackResult``'s
+        ``arch``, else the ELF programs of a tgz/tbz/txz); one that contradicts the
+        image raises :class:`ImageNameError` before anything is sent, unless ``force``.
 
         Returns the resource once MAAS verified the sha256 of the whole file. A failed
         chunk is never re-sent blindly: the resource is read back, and the upload goes
@@ -187,7 +191,8 @@ class MaasClient:
         :class:`MaasApiError` says how to resume.
         """
         full = validate_name(name)
-        validate_architecture(architecture)
+        if architecture is not None:
+            validate_architecture(architecture)
         if filetype is not None:
             validate_filetype(filetype)
         if base_image is not None:
@@ -198,6 +203,9 @@ class MaasClient:
                                path=file, hint="give the path of a packed image, e.g. the "
                                                "output of maas-chroot build -o FILE")
         filetype = filetype or infer_filetype(file)       # cheap checks before the long read
+        architecture = arches.maas_architecture(
+            architecture, getattr(path, "arch", None) or names.sniff_arch(file, filetype),
+            force=force)
         if base_image is None:
             found = (names.sniff_ubuntu_release(file, filetype)
                      or releases.named_in([full, title or ""]))
