@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import chroot
+from .. import arches, binfmt, chroot
 from ..archive import archiving as archive
 from ..customise.scrubbing import sysprep
 from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
@@ -105,7 +105,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise PrivilegeError(f"`{PROG} {verb}` must run as root: it {ROOT_VERBS[verb]}",
                              hint=f"run it with sudo: sudo {PROG} {verb} ...")
     handler = {"build": _build, "fetch": _fetch_verb, "extract": _extract, "shell": _shell,
-               "pack": _pack, "upload": _upload, "recover": _recover}[verb]
+               "pack": _pack, "upload": _upload, "recover": _recover, "binfmt": _binfmt}[verb]
     return handler(args)
 
 
@@ -131,7 +131,7 @@ def build_spec(args: argparse.Namespace) -> BuildSpec:
         # validate the name before anything touches the network or the disk
         upload = Upload(client=_client(args), name=maas.validate_name(args.name),
                         title=args.title, architecture=args.architecture,
-                        base_image=args.base_image)
+                        base_image=args.base_image, force=args.force)
     return BuildSpec.create(
         args.source, args.output,
         packages=args.packages, remove=args.remove, purge=args.purge, upgrade=args.upgrade,
@@ -194,7 +194,7 @@ def _upload(args: argparse.Namespace) -> int:
     name = maas.validate_name(args.name)
     client = _client(args)
     res = client.upload(args.file, name=name, title=args.title, architecture=args.architecture,
-                        filetype=args.filetype, base_image=args.base_image,
+                        filetype=args.filetype, base_image=args.base_image, force=args.force,
                         progress=args.progress)
     print(repr(res))
     return 0
@@ -203,4 +203,17 @@ def _upload(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace) -> int:
     report = chroot.recover(args.root)
     print(f"{args.root}: nothing to recover" if report is None else repr(report))
+    return 0
+
+
+def _binfmt(args: argparse.Namespace) -> int:
+    if args.enable:
+        print(binfmt.enable_binfmt(args.enable))
+        return 0
+    if args.status:  # one architecture: exit 1 when it cannot run, with the fix
+        st = binfmt.status(args.status)
+        print(st if st.ok else f"{st}\nhint: {st.hint}")
+        return 0 if st.ok else 1
+    for arch in arches.ARCHES:
+        print(binfmt.status(arch))
     return 0
