@@ -130,15 +130,16 @@ def status(arch: str | Arch, *, machine: str | None = None) -> Emulation:
     """Whether binaries of ``arch`` run here (``machine``: the host's ``uname -m``)."""
     a = arches.get(arch) if isinstance(arch, str) else arch
     h = arches.host(machine)
-    if a == h or (h.name in a.hosts and _compat(a, h)):
-        return Emulation(a.name, h.name, native=True)
+    host = h.name if h is not None else machine or os.uname().machine
+    if h is not None and (a == h or (h.name in a.hosts and _compat(a, h))):
+        return Emulation(a.name, host, native=True)
     fix = _recipe(a)
     if not mounted():
-        return Emulation(a.name, h.name, problem=f"binfmt_misc is not mounted at {BINFMT_DIR}, "
+        return Emulation(a.name, host, problem=f"binfmt_misc is not mounted at {BINFMT_DIR}, "
                                                  f"so no {a.name} binary can run", hint=fix)
     state = _read(os.path.join(BINFMT_DIR, "status")).strip()
     if state == "disabled":
-        return Emulation(a.name, h.name, problem=f"binfmt_misc is disabled ({BINFMT_DIR}/status)",
+        return Emulation(a.name, host, problem=f"binfmt_misc is disabled ({BINFMT_DIR}/status)",
                          hint=f"echo 1 > {BINFMT_DIR}/status")
     header = a.elf_header()
     matching = [x for x in handlers() if x.matches(header)]
@@ -147,12 +148,12 @@ def status(arch: str | Arch, *, machine: str | None = None) -> Emulation:
         for other in (x for x in matching if x.enabled and "F" not in x.flags):
             log.warning("binfmt_misc handler %s also matches %s binaries, without the F flag: "
                         "if the kernel picks it, commands fail in the image", other.name, a.name)
-        return Emulation(a.name, h.name, handler=fixed[0].name, interpreter=fixed[0].interpreter)
+        return Emulation(a.name, host, handler=fixed[0].name, interpreter=fixed[0].interpreter)
     loose = [x for x in matching if x.enabled]
     if loose:
         x = loose[0]
         return Emulation(
-            a.name, h.name, problem=f"the binfmt_misc handler {x.name} runs {a.name} binaries "
+            a.name, host, problem=f"the binfmt_misc handler {x.name} runs {a.name} binaries "
             f"with {x.interpreter} without the F (fix-binary) flag, so the kernel would look "
             "for the emulator inside the image",
             hint=f"disable it (update-binfmts --disable {x.name}, or echo -1 > {BINFMT_DIR}/"
@@ -160,10 +161,10 @@ def status(arch: str | Arch, *, machine: str | None = None) -> Emulation:
                  f"flag: {fix}")
     if matching:
         x = matching[0]
-        return Emulation(a.name, h.name, problem=f"the binfmt_misc handler {x.name} for {a.name} "
+        return Emulation(a.name, host, problem=f"the binfmt_misc handler {x.name} for {a.name} "
                          "binaries is registered but disabled",
                          hint=f"echo 1 > {BINFMT_DIR}/{x.name}")
-    return Emulation(a.name, h.name, problem=f"no binfmt_misc handler for {a.name} ELF binaries "
+    return Emulation(a.name, host, problem=f"no binfmt_misc handler for {a.name} ELF binaries "
                                              f"is registered in {BINFMT_DIR}", hint=fix)
 
 

@@ -62,7 +62,8 @@ def test_names_the_kernel_and_qemu_use_are_accepted() -> None:
     with pytest.raises(mc.SourceError, match="unknown architecture 'sparc'") as exc:
         arches.get("sparc")
     assert "arm64" in (exc.value.hint or "")
-    assert arches.host("aarch64") == ARM64 and arches.host("armv7l").name == "armhf"
+    assert arches.host("aarch64") == ARM64 and arches.host("armv7l") == arches.BY_NAME["armhf"]
+    assert arches.host("mips64") is None
 
 
 def test_the_maas_architecture_follows_the_image() -> None:
@@ -165,6 +166,8 @@ def test_an_enabled_handler_with_the_f_flag_runs_the_image(fake_binfmt: Path) ->
     assert not other.ok and "no binfmt_misc handler for s390x" in (other.problem or "")
     assert "update-binfmts --enable qemu-s390x" in (other.hint or "")
     assert binfmt.status("i386").native and binfmt.status("amd64").native
+    on_mips = binfmt.status("amd64", machine="mips64")  # a host not in the table
+    assert on_mips.host == "mips64" and not on_mips.ok
 
 
 def test_handlers_without_f_disabled_or_switched_off_are_refused(fake_binfmt: Path) -> None:

@@ -66,7 +66,7 @@ def test_a_session_on_an_image_this_host_cannot_run_is_refused_untouched(
         ch.run(["true"])
     err = exc.value
     assert (err.root, err.arch) == (str(s390x_root), "s390x")
-    assert f"s390x binaries cannot run on this {arches.host().name} host" in err.message
+    assert f"s390x binaries cannot run on this {binfmt.status(S390X).host} host" in err.message
     assert err.hint is not None and "update-binfmts --enable qemu-s390x" in err.hint
     assert "maas-chroot binfmt --enable s390x" in err.hint
     assert tree_state(s390x_root) == before  # no journal, no policy-rc.d, no resolv.conf
@@ -203,7 +203,8 @@ def test_the_whole_arm64_build_through_the_cli(arm64_emulation: binfmt.Emulation
 def test_binfmt_status_through_the_cli(arm64_emulation: binfmt.Emulation) -> None:
     proc = run_cli("binfmt", "--status", "arm64")
     assert proc.returncode == 0 and "arm64: emulated by qemu-aarch64" in proc.stdout
-    host = arches.host().name
-    assert f"{host}: native on this {host} host" in run_cli("binfmt").stdout
+    host = arches.host()
+    assert host is not None
+    assert f"{host.name}: native on this {host.name} host" in run_cli("binfmt").stdout
     proc = run_cli("binfmt", "--enable", "arm64")  # already there: nothing changes
     assert proc.returncode == 0 and "emulated by qemu-aarch64" in proc.stdout

@@ -70,7 +70,8 @@ class SourcePlan:
         """The architecture of the rootfs this source gives, when known before it is had:
         a bootstrap's (default: the host's), a cloud image's; None for other sources."""
         if self.bootstrap is not None:
-            return self.bootstrap.arch or arches.host().name
+            host = arches.host()
+            return self.bootstrap.arch or (host.name if host is not None else None)
         return self.image.arch if self.image is not None else None
 
     def base_image(self) -> str | None:
