@@ -108,9 +108,9 @@ class Emulation:
 
     arch: str
     host: str
-    native: bool = False
     handler: str | None = None
     interpreter: str | None = None
+    native: bool = False
     problem: str | None = None
     hint: str | None = None
 

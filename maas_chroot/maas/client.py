@@ -76,6 +76,8 @@ class Upload:
     name: str
     title: str | None = None
     architecture: str | None = None
+    """MAAS's architecture; None: the image's (``arm64/generic``). ``force`` uploads one
+    that contradicts the image."""
     base_image: str | None = None
     filetype: str | None = None
     force: bool = False
