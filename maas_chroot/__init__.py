@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from .archive import PackResult, extract, pack
+from .binfmt import Emulation, enable_binfmt
 from .boot import BootReport, boot_test
 from .chroot import Bind, Chroot, recover
 from .customise import SysprepReport, sysprep
@@ -28,6 +29,7 @@ from .errors import (
     ChrootBusyError,
     ChrootError,
     CommandError,
+    EmulationError,
     FetchError,
     ImageNameError,
     MaasApiError,
@@ -66,6 +68,8 @@ __all__ = [
     "ChrootBusyError",
     "ChrootError",
     "CommandError",
+    "Emulation",
+    "EmulationError",
     "FetchError",
     "ImageNameError",
     "ImageSource",
@@ -90,6 +94,7 @@ __all__ = [
     "boot_test",
     "build",
     "cloud_image",
+    "enable_binfmt",
     "extract",
     "fetch",
     "pack",

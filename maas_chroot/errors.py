@@ -135,6 +135,17 @@ class UnsafePathError(ChrootError):
     """A path would resolve outside the root (through ``..`` or a symlink)."""
 
 
+class EmulationError(ChrootError):
+    """The host cannot run the binaries of an image's architecture ``arch`` (no native
+    support, no usable binfmt_misc handler), or enabling one failed. ``root`` names the
+    image ("" when none is involved); the hint says what to install or enable."""
+
+    def __init__(self, message: str, *, root: str | os.PathLike[str], arch: str,
+                 hint: str | None = None) -> None:
+        super().__init__(message, root=root, hint=hint)
+        self.arch = arch
+
+
 class SysprepError(ChrootError):
     """sysprep() was given something it cannot scrub (``root`` names it)."""
 

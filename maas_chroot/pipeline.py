@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import maas, rootfs
+from . import arches, binfmt, maas, rootfs
 from .archive import archiving as archive
 from .boot import BootReport, boot_test
 from .customise.customisation import Customisation, customise
@@ -124,7 +124,8 @@ def _coerce(key: str, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What ``build()`` made: the packed image, its hash, the upload, and where time went."""
+    """What ``build()`` made: the packed image, its hash and architecture, the upload, and
+    where time went."""
 
     output: Path
     size: int
@@ -135,6 +136,7 @@ class BuildResult:
     sysprep: SysprepReport | None = field(default=None, repr=False)
     rootfs: Path | None = None
     boot: BootReport | None = field(default=None, repr=False)
+    arch: str | None = None
 
     @property
     def durations(self) -> dict[str, float]:
@@ -152,6 +154,8 @@ class BuildResult:
         lines = [f"BuildResult({os.fspath(self.output)!r}, {human_size(self.size)}, "
                  f"sha256={self.sha256[:16]}…)",
                  f"  source    {self.source}"]
+        if self.arch is not None:
+            lines.append(f"  arch      {self.arch}")
         if self.rootfs is not None:
             lines.append(f"  rootfs    {os.fspath(self.rootfs)} (kept)")
         if self.uploaded is not None:
@@ -223,6 +227,9 @@ class _Build:
                 spec.check()
                 _boot_options(spec.boot_test)
                 _check_dirs(spec, plan)
+                arch = plan.arch()
+                if arch is not None and (plan.bootstrap is not None or spec.wanted()):
+                    binfmt.require(arch, root="", what=plan.describe())
         except Exception as e:
             raise _failed(Step.CHECK, e, None) from e
         kept = spec.keep_rootfs if spec.keep_rootfs is not None else \
@@ -261,7 +268,8 @@ class _Build:
                 raise _failed(steps.current, e, kept) from e
         return BuildResult(output=packed.path, size=packed.size, sha256=packed.sha256,
                            source=plan.describe(), steps=tuple(steps.times), uploaded=uploaded,
-                           sysprep=report, rootfs=spec.keep_rootfs, boot=booted)
+                           sysprep=report, rootfs=spec.keep_rootfs, boot=booted,
+                           arch=packed.arch)
 
     def _materialise(self, plan: SourcePlan, work: Path) -> Path:
         """Turn the source into a rootfs directory; return it."""
@@ -316,6 +324,9 @@ def _check_upload(upload: Upload | None, plan: SourcePlan) -> Upload | None:
         return None
     name = maas.validate_name(upload.name)
     base = upload.base_image if upload.base_image is not None else plan.base_image()
+    arch = plan.arch()
+    if arch is not None:  # an architecture the source contradicts fails now, not after the build
+        arches.maas_architecture(upload.architecture, arch, force=upload.force)
     return dataclasses.replace(upload, name=name, base_image=base)
 
 

@@ -1,10 +1,13 @@
 # Sourced by scripts/test, scripts/demo and scripts/bench: install what maas_chroot needs
 # on a fresh Debian/Ubuntu machine, as root, into a project virtualenv (.venv).
-# Idempotent and quick when everything is already there.
+# Idempotent and quick when everything is already there. qemu-user-static, binfmt-support
+# and arch-test are for foreign-architecture images (where the init system starts
+# binfmt-support, installing them enables the handlers; elsewhere
+# `maas-chroot binfmt --enable ARCH` does, when asked).
 
 APT_PACKAGES="libarchive13 squashfs-tools mmdebstrap gnupg gpgv pigz acl attr libcap2-bin
   apt-utils iproute2 util-linux mount xz-utils zstd bzip2 ca-certificates python3 python3-venv
-  python3-pip qemu-system-x86 e2fsprogs fdisk"
+  python3-pip qemu-system-x86 e2fsprogs fdisk qemu-user-static binfmt-support arch-test"
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then

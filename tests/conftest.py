@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import CACHE, IS_ROOT, build_minbase, gnu_extract
+from fixtures import CACHE, IS_ROOT, binfmt_state, build_minbase, gnu_extract
 from servers.tls import TestCA, make_ca
 
-from maas_chroot import rootfs
+from maas_chroot import binfmt, rootfs
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -95,11 +95,40 @@ def minbase_tar() -> Path:
     return build_minbase(CACHE)
 
 
+@pytest.fixture(scope="session")
+def arm64_emulation() -> Iterator[binfmt.Emulation]:
+    """arm64 binaries run here, set up through the opt-in (``binfmt.enabled``); at the end
+    of the session only what it added (a binfmt_misc mount, the handler) is undone."""
+    if not IS_ROOT:
+        pytest.skip("binfmt_misc needs root")
+    if not binfmt.status("arm64").ok and shutil.which("update-binfmts") is None:
+        pytest.skip("qemu-user-static and binfmt-support are not installed (scripts/test "
+                    "installs them)")
+    before = binfmt_state()
+    with binfmt.enabled("arm64") as emulation:
+        yield emulation
+    assert binfmt_state() == before, "the session left binfmt_misc changed"
+
+
+@pytest.fixture(scope="session")
+def arm64_tar(minbase_tar: Path, arm64_emulation: binfmt.Emulation) -> Path:
+    """An arm64 Debian minbase from the same mirror, as a tar (built once per machine)."""
+    return build_minbase(CACHE, arch="arm64")
+
+
+def _tar_for(request: pytest.FixtureRequest, native: Path) -> Path:
+    """The native minbase, or the arm64 one for a test parametrized with "arm64"."""
+    if getattr(request, "param", "native") == "arm64":
+        return Path(request.getfixturevalue("arm64_tar"))
+    return native
+
+
 @pytest.fixture(scope="module")
-def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def shared_root(request: pytest.FixtureRequest, minbase_tar: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One minbase rootfs per test module, for tests that leave it as they found it."""
     root = tmp_path_factory.mktemp("shared") / "root"
-    gnu_extract(minbase_tar, root)
+    gnu_extract(_tar_for(request, minbase_tar), root)
     try:
         yield root
     finally:
@@ -107,10 +136,11 @@ def shared_root(minbase_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture
-def minbase_root(minbase_tar: Path, tmp_path: Path) -> Iterator[Path]:
+def minbase_root(request: pytest.FixtureRequest, minbase_tar: Path,
+                 tmp_path: Path) -> Iterator[Path]:
     """A fresh copy of the minbase rootfs for one test, removed safely afterwards."""
     root = tmp_path / "root"
-    gnu_extract(minbase_tar, root)
+    gnu_extract(_tar_for(request, minbase_tar), root)
     try:
         yield root
     finally:

@@ -14,6 +14,8 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
+import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,12 +71,17 @@ def scratch_files(under: Path) -> list[str]:
     return held
 
 
-def build_minbase(dest: Path, *, include: tuple[str, ...] = (), suite: str | None = None) -> Path:
-    """Build (once, under a lock) a minbase rootfs tarball with mmdebstrap; return its path."""
+def build_minbase(dest: Path, *, include: tuple[str, ...] = (), suite: str | None = None,
+                  arch: str | None = None) -> Path:
+    """Build (once, under a lock) a minbase rootfs tarball with mmdebstrap; return its path.
+
+    ``arch`` (a foreign one needs binfmt_misc set up, see conftest's ``arm64_emulation``)
+    bootstraps another architecture from the same mirror.
+    """
     src = hostapt.host_mirror(suite)
     suite = src.suites[0]
     key = hashlib.sha256(f"{src.uri} {suite} {sorted(include)}".encode()).hexdigest()[:12]
-    out = dest / f"minbase-{suite}-{key}.tar"
+    out = dest / f"minbase-{suite}-{key}{'-' + arch if arch else ''}.tar"
     dest.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if out.exists():
@@ -83,12 +90,73 @@ def build_minbase(dest: Path, *, include: tuple[str, ...] = (), suite: str | Non
         argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
         if include:
             argv.append("--include=" + ",".join(include))
+        if arch:
+            argv.append(f"--architectures={arch}")
         if src.signed_by:
             argv.append(f"--keyring={src.signed_by}")
         argv += [suite, str(tmp), src.uri]
         subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
         tmp.rename(out)
     return out
+
+
+#: Marks of a test that runs an emulated arm64 image (it needs conftest's ``arm64_tar``).
+FOREIGN = (pytest.mark.slow, pytest.mark.network)
+#: ``@ON_BOTH_ARCHES`` runs a test taking ``shared_root`` or ``minbase_root`` on the
+#: host's own minbase and on an arm64 one (emulated): every chroot feature works on both.
+ON_BOTH_ARCHES = {name: pytest.mark.parametrize(
+    name, ["native", pytest.param("arm64", marks=FOREIGN)], indirect=True)
+    for name in ("shared_root", "minbase_root")}
+
+
+def binfmt_state() -> tuple[bool, tuple[tuple[str, str], ...]]:
+    """What binfmt_misc holds: mounted or not, and every entry with its text."""
+    top = Path("/proc/sys/fs/binfmt_misc")
+    mounted = (top / "register").exists()
+    return mounted, tuple((p.name, p.read_text()) for p in sorted(top.iterdir())
+                          if mounted and p.name not in ("register", "status"))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m maas_chroot ARGS`` as a subprocess (no MAAS_* variables but ``env``)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    full["PYTHONPATH"] = str(REPO)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "maas_chroot", *args], capture_output=True,
+                          text=True, env=full, cwd=cwd, stdin=subprocess.DEVNULL, timeout=600,
+                          check=False)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The CLI's ``maas-chroot: error:`` lines."""
+    return [line for line in stderr.splitlines() if line.startswith("maas-chroot: error:")]
+
+
+def assert_one_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 1, one error line and a hint, no traceback, every needle in stderr."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    assert "\nhint: " in "\n" + proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    return errors[0]
+
+
+def tar_members(tgz: Path) -> dict[str, tarfile.TarInfo]:
+    """A packed image's members by name (without the leading ``./``)."""
+    with tarfile.open(tgz) as tar:
+        return {m.name.removeprefix("./"): m for m in tar.getmembers()}
+
+
+def tar_read(tgz: Path, name: str, size: int = -1) -> bytes:
+    """The content (or its first ``size`` bytes) of the member ``./NAME`` of a packed image."""
+    with tarfile.open(tgz) as tar:
+        f = tar.extractfile("./" + name)
+        assert f is not None, name
+        return f.read(size)
 
 
 def gnu_extract(tarball: Path, dest: Path) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import tree_state
+from fixtures import ON_BOTH_ARCHES, tree_state
 
 import maas_chroot as mc
 from maas_chroot import rootfs
@@ -94,6 +94,7 @@ def sleeping_in(root: Path) -> bool:
 # --- inside the chroot ----------------------------------------------------------------------
 
 
+@ON_BOTH_ARCHES["shared_root"]
 def test_proc_sys_dev_run_inside(shared_root: Path) -> None:
     script = r"""
         echo "pid=$$"
@@ -143,6 +144,7 @@ def test_environment_is_clean(shared_root: Path, monkeypatch: pytest.MonkeyPatch
     assert "MC_TEST_LEAK" not in env
 
 
+@ON_BOTH_ARCHES["shared_root"]
 def test_apt_has_a_pty_policy_rc_d_and_postinst_daemons_die(shared_root: Path) -> None:
     control = ("Package: mc-test\nVersion: 1.0\nArchitecture: all\n"
                "Maintainer: t <t@example.invalid>\nDescription: test\n")
@@ -255,6 +257,7 @@ RESOLV_KINDS = {"ubuntu": "symlink", "absolute": "symlink", "dotdot": "symlink",
                 "absent": "absent"}
 
 
+@ON_BOTH_ARCHES["minbase_root"]
 def test_resolv_conf_is_the_hosts_then_restored_exactly(minbase_root: Path,
                                                         tmp_path: Path) -> None:
     canary = tmp_path / "canary" / "resolv.conf"
@@ -378,6 +381,7 @@ def test_sigint_and_sigterm_unwind_the_session(minbase_root: Path) -> None:
         _assert_clean(minbase_root, before)
 
 
+@ON_BOTH_ARCHES["minbase_root"]
 def test_sigkill_leaves_no_mounts_and_recover_restores(minbase_root: Path) -> None:
     before = tree_state(minbase_root)
     before_resolv = entry_of(minbase_root, "/etc/resolv.conf")
@@ -477,6 +481,7 @@ def test_a_half_finished_enter_unwinds(shared_root: Path) -> None:
 # --- binds and network ----------------------------------------------------------------------
 
 
+@ON_BOTH_ARCHES["shared_root"]
 def test_binds_rw_and_ro(shared_root: Path, tmp_path: Path) -> None:
     rw, ro, rw2 = tmp_path / "rw", tmp_path / "ro", tmp_path / "rw2"
     for d in (rw, ro, rw2):
@@ -507,6 +512,7 @@ def _mirror_host_port() -> tuple[str, int]:
     return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
+@ON_BOTH_ARCHES["shared_root"]
 def test_network_none_has_only_lo_up_and_no_route_out(shared_root: Path) -> None:
     host, port = _mirror_host_port()
     with mc.Chroot(shared_root, network="none") as ch:
@@ -519,6 +525,7 @@ def test_network_none_has_only_lo_up_and_no_route_out(shared_root: Path) -> None
 
 
 @pytest.mark.network
+@ON_BOTH_ARCHES["shared_root"]
 def test_network_host_reaches_the_mirror(shared_root: Path) -> None:
     host, port = _mirror_host_port()
     with mc.Chroot(shared_root) as ch:

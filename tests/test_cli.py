@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import curtin_extract, maas_login
+from fixtures import REPO, assert_one_clear_error, curtin_extract, maas_login, run_cli
 from servers.aptrepo import DebSpec, serve_proxy, serve_repo
 from servers.maas import serve
 from servers.tls import TestCA
@@ -24,35 +24,9 @@ from maas_chroot.cli import verbs
 from maas_chroot.maas import Upload
 from maas_chroot.pipeline import BuildResult, BuildSpec
 
-REPO = Path(__file__).resolve().parent.parent
 SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --install jq "
         "--install tree -o focal-custom.tgz --upload custom/focal-custom "
         "--title 'Ubuntu 20.04 Custom Image'")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-    full["PYTHONPATH"] = str(REPO)
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "maas_chroot", *args], capture_output=True,
-                          text=True, env=full, cwd=cwd, stdin=subprocess.DEVNULL, timeout=600,
-                          check=False)
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("maas-chroot: error:")]
-
-
-def assert_one_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = error_lines(proc.stderr)
-    assert len(errors) == 1, proc.stderr
-    assert "\nhint: " in "\n" + proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
-    return errors[0]
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -85,8 +59,8 @@ def test_seed_one_liner_becomes_one_build_call(recorded_build: list[tuple[Any, .
     assert spec.sysprep is True
     up = spec.upload
     assert isinstance(up, Upload)
-    assert (up.name, up.title, up.architecture) == (
-        "custom/focal-custom", "Ubuntu 20.04 Custom Image", "amd64/generic")
+    assert (up.name, up.title, up.architecture, up.force) == (
+        "custom/focal-custom", "Ubuntu 20.04 Custom Image", None, False)  # arch: the image's
     assert up.client.url == "http://127.0.0.1:9/MAAS"
 
 

@@ -13,8 +13,8 @@ PACKAGE = Path(maas_chroot.__file__).parent
 #: The pipeline's stages, lowest first. A module may import its own stage and lower ones.
 STAGES = ("ground", "rootfs", "sources", "archive", "chroot", "customise", "boot", "maas",
           "pipeline", "cli")
-GROUND = {"errors", "run", "progress", "formats", "releases", "steps", "version", "__init__",
-          "__main__"}
+GROUND = {"errors", "run", "progress", "formats", "releases", "steps", "version", "arches",
+          "binfmt", "__init__", "__main__"}
 MAX_LINES = 400
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
+from fixtures import tar_members, tar_read
 from servers.maas import serve
 
 import maas_chroot as mc
@@ -16,18 +16,6 @@ from maas_chroot import rootfs
 from maas_chroot.errors import SpecError
 from maas_chroot.pipeline import BuildResult
 from maas_chroot.sources import bootstrap, hostapt
-
-
-def _names(tgz: Path) -> dict[str, tarfile.TarInfo]:
-    with tarfile.open(tgz) as tar:
-        return {m.name.removeprefix("./"): m for m in tar.getmembers()}
-
-
-def _read(tgz: Path, name: str) -> bytes:
-    with tarfile.open(tgz) as tar:
-        f = tar.extractfile("./" + name)
-        assert f is not None
-        return f.read()
 
 
 def test_result_repr_shows_every_step_and_the_total() -> None:
@@ -43,7 +31,7 @@ def test_result_repr_shows_every_step_and_the_total() -> None:
 
 @pytest.mark.skipif(any("noble" in s.suites for s in hostapt.sources()),
                     reason="this host's apt carries noble")
-def test_apt_source_lines_parse_and_get_distinct_file_names() -> None:
+def test_apt_source_lines_parse_and_get_distinct_filetar_members() -> None:
     from maas_chroot.customise.customisation import parse_apt_source
 
     long = "https://artifactory.corp.example.com/artifactory/ubuntu-remote"
@@ -104,11 +92,11 @@ def test_directory_source_with_files_commands_script_and_upload(minbase_root: Pa
         assert [s for s, _ in res.steps] == ["check", "copy", "chroot", "files", "commands",
                                              "sysprep", "pack", "upload", "cleanup"]
         assert "copy" in repr(res) and "upload" in repr(res)
-        members = _names(out)
-        assert _read(out, "etc/motd") == b"built by maas_chroot\n"
-        assert _read(out, "etc/app.conf") == b"key = value\n"
-        assert _read(out, "root/sh-ran") == b"42\n"
-        assert _read(out, "root/script-ran") == b"script ran as 0\n"
+        members = tar_members(out)
+        assert tar_read(out, "etc/motd") == b"built by maas_chroot\n"
+        assert tar_read(out, "etc/app.conf") == b"key = value\n"
+        assert tar_read(out, "root/sh-ran") == b"42\n"
+        assert tar_read(out, "root/script-ran") == b"script ran as 0\n"
         assert "root/argv-ran" in members
         assert not [n for n in members if "maas-chroot-script" in n]
         assert "usr/sbin/policy-rc.d" not in members
@@ -129,7 +117,7 @@ def test_in_place_customises_the_source_directory(minbase_root: Path, tmp_path: 
     assert (minbase_root / "etc/motd").read_text() == "in-place\n"
     assert (minbase_root / "etc/machine-id").read_bytes() == b""  # sysprep ran on it
     assert res.rootfs is None and "copy" not in res.durations
-    assert _read(res.output, "etc/motd") == b"in-place\n"
+    assert tar_read(res.output, "etc/motd") == b"in-place\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tgz", "root"]
 
 
@@ -206,8 +194,8 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
     res = mc.build(f"bootstrap:{suite}", out, **options)  # type: ignore[arg-type]
     assert res.source == f"bootstrap {suite}"
     assert [s for s, _ in res.steps][:3] == ["check", "bootstrap", "extract"]
-    members = _names(out)
-    assert _read(out, "etc/motd") == b"bootstrapped\n"
+    members = tar_members(out)
+    assert tar_read(out, "etc/motd") == b"bootstrapped\n"
     assert members["etc/debian_version"].uid == 0 and members["etc/debian_version"].gid == 0
     dash = members.get("usr/bin/dash") or members["bin/dash"]  # merged /usr or not
     assert dash.isfile() and dash.mode & 0o111
@@ -220,5 +208,5 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
     mc.build(f"bootstrap:{suite}", tmp_path / "again.tgz", **options)  # type: ignore[arg-type]
     assert tarball.stat().st_mtime_ns == made and list((cache / "bootstrap").glob("*.tar")) \
         == [tarball]
-    assert _names(tmp_path / "again.tgz").keys() == members.keys()  # the same tree again
+    assert tar_members(tmp_path / "again.tgz").keys() == members.keys()  # the same tree again
     assert os.stat(out).st_size == res.size

@@ -43,15 +43,17 @@ _F_SETPIPE_SZ = 1031
 
 @dataclass(frozen=True)
 class PackResult:
-    """What :func:`pack` wrote: the file, its size in bytes and its sha256 (hex)."""
+    """What :func:`pack` wrote: the file, its size in bytes and its sha256 (hex), and the
+    architecture of the image (Debian's name, from its ``/bin/sh``; None if unknown)."""
 
     path: Path
     size: int
     sha256: str
+    arch: str | None = None
 
     def __repr__(self) -> str:
         return (f"PackResult(path={os.fspath(self.path)!r}, size={self.size} "
-                f"({self.size / 1e6:.1f} MB), sha256={self.sha256!r})")
+                f"({self.size / 1e6:.1f} MB), sha256={self.sha256!r}, arch={self.arch!r})")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -304,7 +306,8 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                 "and that nothing in the tree changes while it is packed")\
             from e
     log.info("packed %s into %s (%d bytes)", src, dest, raw.size)
-    return PackResult(dest, raw.size, raw.sha256)
+    arch = rootfs.image_arch(src)
+    return PackResult(dest, raw.size, raw.sha256, arch.name if arch is not None else None)
 
 
 def output_format(out: str | os.PathLike[str]) -> tuple[str, str]:

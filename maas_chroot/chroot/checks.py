@@ -1,16 +1,20 @@
 """Input checks of a chroot session, made before anything is touched.
 
 A root must be a directory that looks like a Linux rootfs and is never the
-host's ``/``; in-image paths are absolute.
+host's ``/``, whose binaries this host can run (natively, or through a binfmt_misc
+handler); in-image paths are absolute.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from .. import rootfs
+from .. import binfmt, rootfs
 from ..errors import ChrootError, UnsafePathError
+
+log = logging.getLogger(__name__)
 
 
 def inroot(path: str | os.PathLike[str]) -> str:
@@ -42,6 +46,19 @@ def check_root(root: str | os.PathLike[str]) -> Path:
                           f"(missing {', '.join(problems)})", root=given,
                           hint="point at the top of an extracted image (it has usr/, etc/, bin/sh)")
     return Path(real)
+
+
+def check_arch(root: Path) -> binfmt.Emulation | None:
+    """How this host runs the image's binaries; :class:`EmulationError` if it cannot.
+
+    None when the image does not say its architecture (commands then fail, if they
+    do, with the kernel's "Exec format error").
+    """
+    arch = rootfs.image_arch(root)
+    if arch is None:
+        log.debug("%s: the image's architecture is not known; not checking it", root)
+        return None
+    return binfmt.require(arch, root=root)
 
 
 def _is_dir_in(root: str, path: str) -> bool:

@@ -75,6 +75,8 @@ class Chroot:
             raise PrivilegeError("a chroot session needs root (namespaces, mounts, chroot)",
                                  hint="run as root, e.g. with sudo")
         self._root = checks.check_root(root)
+        #: How this host runs the image's binaries (None: the image does not say).
+        self.emulation = checks.check_arch(self._root)
         if network not in ("host", "none"):
             raise ChrootError(f"unknown network mode {network!r}", root=self._root,
                               hint='use network="host" or network="none"')
@@ -93,10 +95,15 @@ class Chroot:
     def root(self) -> Path:
         return self._root
 
+    @property
+    def arch(self) -> str | None:
+        """The image's architecture (Debian's name, read from its ``/bin/sh``), if known."""
+        return self.emulation.arch if self.emulation is not None else None
+
     def __repr__(self) -> str:
         state = "active" if self._stack is not None else "inactive"
         return f"Chroot({str(self._root)!r}, network={self.network!r}, binds={self.binds!r}) " \
-               f"<{state}>"
+               f"<{state}, {self.arch or 'unknown arch'}>"
 
     # --- session set-up and tear-down -----------------------------------------------------
 
@@ -286,7 +293,9 @@ class Chroot:
         kind, _, value = status.partition(" ")
         if kind == "setup":
             raise ChrootError(f"cannot run {shlex.join(args)} in {self._root}: {value}",
-                              root=self._root, hint="run as root on Linux with namespaces")
+                              root=self._root, hint="the file is not a program this host can "
+                              "run (see `maas-chroot binfmt --status`)" if "Exec format" in value
+                              else "run as root on Linux with namespaces")
         if kind == "notfound":
             if check:
                 raise CommandError(args, 127, out, err,

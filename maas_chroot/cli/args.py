@@ -61,12 +61,13 @@ EXAMPLES = {
   # a noble squashfs, a local file and a script, through a caching proxy, kept for debugging:
   maas-chroot build noble -o noble.tgz --install jq --copy ./app.conf:/etc/app.conf \\
       --script ./setup.sh --apt-proxy http://squid:3128 --keep-rootfs /srv/noble-root
-  # a Debian image bootstrapped from this machine's mirror (no cloud image needed):
-  maas-chroot build bootstrap:bookworm --install jq -o bookworm.tgz
-  # a deployable Debian image, proven to boot (in QEMU) before it is uploaded:
+  # a deployable Debian image bootstrapped from this machine's mirror, proven to boot
+  # (in QEMU) before it is uploaded:
   maas-chroot build bootstrap:bookworm -o bookworm.tgz --boot-test \\
       --install linux-image-amd64,systemd-sysv,udev,cloud-init,netplan.io,openssh-server \\
       --upload custom/bookworm --profile admin
+  # an arm64 image, built on this amd64 host (emulated; maas-chroot binfmt --enable arm64):
+  maas-chroot build bootstrap:bookworm --arch arm64 --install jq -o bookworm-arm64.tgz
   # a local archive or rootfs directory, no network inside the chroot:
   maas-chroot build ./rootfs.tar.xz --network none --run 'echo hi > /etc/motd' -o out.tgz
 
@@ -107,6 +108,14 @@ environment variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
   maas-chroot delete --id 12 --maas-url http://maas:5240/MAAS --api-key KEY""",
     "recover": """examples:
   maas-chroot recover /srv/work/noble   # after a session was killed (SIGKILL, power loss)""",
+    "binfmt": """examples:
+  maas-chroot binfmt --status             # which architectures run here, and how
+  maas-chroot binfmt --enable arm64       # mount binfmt_misc, enable qemu-aarch64 (kept)
+  maas-chroot build bootstrap:bookworm --arch arm64 --install jq -o arm64.tgz
+
+An arm64 image built on an amd64 host runs its commands through qemu-user: Debian's
+qemu-user-static handlers (F flag: nothing of the emulator goes into the image), enabled
+with binfmt-support (apt install qemu-user-static binfmt-support arch-test).""",
 }
 
 
@@ -160,7 +169,10 @@ def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
     g.add_argument(name_flag, dest="name", metavar="NAME",
                    help="boot-resource name, e.g. custom/noble-custom")
     g.add_argument("--title", help="title shown in MAAS")
-    g.add_argument("--architecture", default="amd64/generic", help="(default: amd64/generic)")
+    g.add_argument("--architecture", help="MAAS architecture (default: the image's, e.g. "
+                                          "arm64/generic)")
+    g.add_argument("--force-architecture", dest="force", action="store_true",
+                   help="upload with --architecture even if it contradicts the image")
     g.add_argument("--base-image", help="e.g. ubuntu/noble (default: read from the image)")
     g.add_argument("--replace", action="store_true",
                    help="delete an existing image of this name and architecture first")
@@ -328,4 +340,13 @@ def parser() -> argparse.ArgumentParser:
 
     r = _verb(sub, "recover", "undo what a killed chroot session left in a rootfs", common)
     r.add_argument("root", metavar="DIR")
+
+    m = _verb(sub, "binfmt", "show or enable how this host runs other architectures' binaries",
+              common)
+    what = m.add_mutually_exclusive_group()
+    what.add_argument("--status", nargs="?", const="", default="", metavar="ARCH",
+                      help="how each architecture (or ARCH) runs here (the default)")
+    what.add_argument("--enable", metavar="ARCH",
+                      help="mount binfmt_misc and enable ARCH's qemu-user handler (changes the "
+                           "kernel's state until reboot)")
     return top

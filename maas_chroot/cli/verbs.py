@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import chroot, maas
+from .. import arches, binfmt, chroot, maas
 from ..archive import archiving as archive
 from ..boot import boot_test
 from ..boot.runner import failure as boot_failure
@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                              hint=f"run it with sudo: sudo {PROG} {verb} ...")
     handler = {"build": _build, "fetch": _fetch_verb, "extract": _extract, "shell": _shell,
                "pack": _pack, "upload": _upload, "images": _images, "delete": _delete,
-               "recover": _recover, "boot-test": _boot_test}[verb]
+               "recover": _recover, "boot-test": _boot_test, "binfmt": _binfmt}[verb]
     return handler(args)
 
 
@@ -132,7 +132,8 @@ def _upload_spec(args: argparse.Namespace) -> Upload:
     # the name is checked before anything touches the network or the disk
     return Upload(client=_client(args), name=maas.validate_name(args.name), title=args.title,
                   architecture=args.architecture, base_image=args.base_image,
-                  filetype=getattr(args, "filetype", None), replace=args.replace,
+                  filetype=getattr(args, "filetype", None), force=args.force,
+                  replace=args.replace,
                   wait=args.wait, wait_timeout=args.wait_timeout, chunk_size=args.chunk_size)
 
 
@@ -249,4 +250,17 @@ def _boot_test(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace) -> int:
     report = chroot.recover(args.root)
     print(f"{args.root}: nothing to recover" if report is None else repr(report))
+    return 0
+
+
+def _binfmt(args: argparse.Namespace) -> int:
+    if args.enable:
+        print(binfmt.enable_binfmt(args.enable))
+        return 0
+    if args.status:  # one architecture: exit 1 when it cannot run, with the fix
+        st = binfmt.status(args.status)
+        print(st if st.ok else f"{st}\nhint: {st.hint}")
+        return 0 if st.ok else 1
+    for arch in arches.ARCHES:
+        print(binfmt.status(arch))
     return 0

@@ -38,7 +38,8 @@ class SysprepReport:
     """What :func:`~maas_chroot.sysprep` did to a root, and what a MAAS deployment will miss.
 
     ``warnings`` name things MAAS needs and the image lacks (a deployment would
-    fail); ``notes`` are informational (kernel, symlinks left alone). ``str()``
+    fail); ``notes`` are informational (kernel, symlinks left alone); ``arch`` is the
+    image's architecture (Debian's name, None if the image does not say). ``str()``
     and ``repr()`` are a table; :meth:`details` lists every item.
     """
 
@@ -49,6 +50,7 @@ class SysprepReport:
     kernels: tuple[str, ...] = ()
     cloud_init: bool = False
     netplan: bool = False
+    arch: str | None = None
 
     @property
     def items(self) -> tuple[SysprepItem, ...]:
@@ -84,7 +86,8 @@ class SysprepReport:
                 lines.append(f"  {op.name:<14} {len(op.items):>6} {human_size(op.freed):>11}")
         lines.append(f"  {'total':<14} {len(self.items):>6} {human_size(self.freed):>11}")
         kernel = ", ".join(self.kernels) if self.kernels else "none"
-        lines.append(f"  cloud-init: {'yes' if self.cloud_init else 'MISSING'}   "
+        lines.append(f"  arch: {self.arch or 'unknown'}   "
+                     f"cloud-init: {'yes' if self.cloud_init else 'MISSING'}   "
                      f"netplan: {'yes' if self.netplan else 'MISSING'}   kernel: {kernel}")
         lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  note: {n}" for n in self.notes]

@@ -263,12 +263,13 @@ def sysprep(root: str | os.PathLike[str], *, keep: Iterable[str] = (),
                     results.append(SysprepOperation(name, tuple(s.items[start:])))
                 bar.update(1)
         warnings, kernels, cloud_init, netplan = _inspect(s)
+        arch = rootfs.image_arch(top)
     notes = list(dict.fromkeys(s.notes))  # one note per path, in order
     if not kernels:
         notes.append("no kernel is installed (no /boot/vmlinuz-*, no /lib/modules/*): "
                      "MAAS (curtin) installs one at deploy time")
     report = SysprepReport(top, tuple(results), warnings, tuple(notes), kernels, cloud_init,
-                           netplan)
+                           netplan, arch.name if arch is not None else None)
     log.info("sysprep %s: %d items, %s freed", top, len(report.items),
              _progress.human_size(report.freed))
     for w in warnings:

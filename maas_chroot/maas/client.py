@@ -207,10 +207,10 @@ class MaasClient:
         return found[0]
 
     def upload(self, path: str | os.PathLike[str] | upload.Sized, *, name: str,
-               title: str | None = None, architecture: str = "amd64/generic",
+               title: str | None = None, architecture: str | None = None,
                filetype: str | None = None, base_image: str | None = None,
-               replace: bool = False, wait: bool = False, wait_timeout: float = WAIT_TIMEOUT,
-               chunk_size: int = upload.CHUNK_SIZE,
+               force: bool = False, replace: bool = False, wait: bool = False,
+               wait_timeout: float = WAIT_TIMEOUT, chunk_size: int = upload.CHUNK_SIZE,
                progress: bool | None = None) -> BootResource:
         """Upload an image file (or a ``PackResult``) as custom image ``name``.
 
@@ -220,13 +220,17 @@ class MaasClient:
         that name and architecture with another ``base_image`` is refused (MAAS would
         keep the old one), unless ``replace=True``, which deletes it first.
         ``chunk_size``: bytes per PUT (4 MiB; at most 10 MiB, MAAS's nginx limit).
+        ``architecture`` defaults to the image's (``arm64/generic``: a ``PackResult``'s
+        ``arch``, else the ELF programs of a tgz/tbz/txz); one that contradicts the
+        image raises :class:`ImageNameError` before anything is sent, unless ``force``.
 
         Returns once MAAS verified the sha256 of the whole file. With several region
         controllers (3.5+) MAAS then copies it to the others, and ``complete`` is False
         until they all have it: ``wait=True`` waits for that (:meth:`wait`).
         """
         return upload.Upload(self, name, title=title, architecture=architecture,
-                             filetype=filetype, base_image=base_image, replace=replace,
+                             filetype=filetype, base_image=base_image, force=force,
+                             replace=replace,
                              wait=wait, wait_timeout=wait_timeout,
                              chunk_size=chunk_size).send(path, progress=progress)
 

@@ -30,10 +30,10 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from .. import formats, releases
+from .. import arches, formats, releases
 from ..errors import ArchiveError, ImageNameError
 
 logger = logging.getLogger(__name__)
@@ -237,24 +237,46 @@ def _release_from_text(text: str) -> str | None:
     return None
 
 
-def sniff_ubuntu_release(path: str | os.PathLike[str], filetype: str) -> str | None:
-    """The Ubuntu codename from ``etc/lsb-release`` (or a regular ``etc/os-release``)
-    in a tgz/tbz/txz, reading at most 64 MiB of the file; None if not found."""
+def _sniff(path: str | os.PathLike[str], filetype: str,
+           want: Callable[[str, tarfile.TarInfo], int]) -> Iterator[bytes]:
+    """The first bytes of the regular members of a tgz/tbz/txz for which ``want(name,
+    member)`` asks for some (how many), in order, reading at most 64 MiB of the file."""
     if filetype not in ("tgz", "tbz", "txz"):
-        return None
-    wanted = {"etc/lsb-release", "etc/os-release"}
+        return
     try:
         with open(path, "rb") as raw, tarfile.open(
                 fileobj=_Budget(raw, _SNIFF_BUDGET), mode="r|*") as tar:  # type: ignore[call-overload]
             for member in tar:
-                name = member.name.removeprefix("./").lstrip("/")
-                if name in wanted and member.isfile() and member.size < 65536:
-                    f = tar.extractfile(member)
-                    if f is None:
-                        continue
-                    found = _release_from_text(f.read().decode("utf-8", "replace"))
-                    if found:
-                        return found
+                n = want(member.name.removeprefix("./").lstrip("/"), member) \
+                    if member.isfile() else 0
+                f = tar.extractfile(member) if n else None
+                if f is not None:
+                    yield f.read(n)
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
-        pass
+        return
+
+
+def sniff_ubuntu_release(path: str | os.PathLike[str], filetype: str) -> str | None:
+    """The Ubuntu codename from ``etc/lsb-release`` (or a regular ``etc/os-release``)
+    in a tgz/tbz/txz, reading at most 64 MiB of the file; None if not found."""
+    wanted = {"etc/lsb-release", "etc/os-release"}
+    for data in _sniff(path, filetype,
+                       lambda name, m: m.size if name in wanted and m.size < 65536 else 0):
+        found = _release_from_text(data.decode("utf-8", "replace"))
+        if found:
+            return found
+    return None
+
+
+_PROGRAMS = re.compile(r"^(usr/)?s?bin/[^/]+$")
+
+
+def sniff_arch(path: str | os.PathLike[str], filetype: str) -> str | None:
+    """The architecture (Debian's name) of the first ELF program in ``bin/``, ``usr/bin/``
+    (or ``sbin``) of a tgz/tbz/txz, reading at most 64 MiB of the file; None if none."""
+    for head in _sniff(path, filetype, lambda name, m: arches.HEADER_SIZE
+                       if _PROGRAMS.match(name) and m.size >= 64 else 0):
+        found = arches.from_elf(head) if arches.is_program(head) else None
+        if found is not None:
+            return found.name
     return None

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
-from .. import releases
+from .. import arches, releases
 from ..errors import ArchiveError, ArgumentError, MaasApiError
 from . import api, names
 from .chunks import Sender, resume_hint, size_and_sha256
@@ -70,9 +70,10 @@ class Upload:
     client: MaasClient
     name: str
     title: str | None = None
-    architecture: str = "amd64/generic"
+    architecture: str | None = None  # None: the image's; force: one that contradicts it
     base_image: str | None = None
     filetype: str | None = None
+    force: bool = False
     replace: bool = False
     wait: bool = False
     wait_timeout: float = WAIT_TIMEOUT
@@ -86,13 +87,10 @@ class Upload:
     def send(self, path: str | os.PathLike[str] | Sized, *,
              progress: bool | None = None) -> BootResource:
         """Upload ``path`` (a file, or a ``PackResult``); see :meth:`MaasClient.upload`."""
-        client, shown = self.client, self.shown
-        bare = shown.removeprefix("custom/")
-        names.validate_architecture(self.architecture)
+        if self.architecture is not None:
+            names.validate_architecture(self.architecture)
         if self.filetype is not None:
             names.validate_filetype(self.filetype)
-        base_image = (names.validate_base_image(self.base_image)
-                      if self.base_image is not None else None)
         if (not isinstance(self.chunk_size, int)
                 or not _MIN_CHUNK <= self.chunk_size <= api.MAAS_BODY_LIMIT):
             raise ArgumentError(f"chunk_size={self.chunk_size!r}: give {_MIN_CHUNK} to "
@@ -103,6 +101,19 @@ class Upload:
             raise ArchiveError(f"cannot upload {file}: it is not a file (or does not exist)",
                                path=file, hint="give the path of a packed image, e.g. the "
                                                "output of maas-chroot build -o FILE")
+        found = getattr(path, "arch", None) or names.sniff_arch(
+            file, self.filetype or names.infer_filetype(file))
+        architecture = arches.maas_architecture(self.architecture, found, force=self.force)
+        return dataclasses.replace(self, architecture=architecture)._send(path, file,
+                                                                          progress=progress)
+
+    def _send(self, path: str | os.PathLike[str] | Sized, file: Path, *,
+              progress: bool | None) -> BootResource:
+        """:meth:`send` once the architecture is settled."""
+        client, shown = self.client, self.shown
+        bare = shown.removeprefix("custom/")
+        base_image = (names.validate_base_image(self.base_image)
+                      if self.base_image is not None else None)
         filetype = self.filetype or names.infer_filetype(file)   # cheap checks first
         if base_image is None:
             found = (names.sniff_ubuntu_release(file, filetype)

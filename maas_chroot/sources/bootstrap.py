@@ -14,6 +14,10 @@ carry (an Ubuntu suite on a Debian host, say) needs ``mirror=``.
 mmdebstrap runs in ``unshare`` mode: as root that keeps the user namespace
 but gives mmdebstrap its own mount and PID namespaces, so the mounts it makes
 while installing packages can never be left behind on the host.
+
+A foreign ``arch`` (arm64 on an amd64 host) needs a binfmt_misc handler with the F
+flag (:mod:`maas_chroot.binfmt`), checked before mmdebstrap starts, and mmdebstrap's
+own check of it, ``arch-test``.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .. import arches, binfmt, run
 from .. import progress as _progress
-from .. import run
 from ..errors import CommandError, SourceError, tail
 from . import hostapt
 
@@ -80,6 +84,7 @@ def spec_for(suite: str, *, mirror: str | None = None,
                           hint=f"use one of: {', '.join(VARIANTS)}")
     comps = tuple(components) if components is not None else ()
     key = os.fspath(keyring) if keyring is not None else None
+    arch = arches.get(arch).name if arch is not None else None
     if mirror is None:
         try:
             host = hostapt.host_mirror(suite)
@@ -128,6 +133,11 @@ def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
     if shutil.which("mmdebstrap", path=run.DEFAULT_PATH) is None:
         raise SourceError("bootstrap sources need mmdebstrap, which is not installed",
                           hint="apt-get install mmdebstrap")
+    if spec.arch is not None and not binfmt.require(spec.arch, root=target).native and \
+            shutil.which("arch-test", path=run.DEFAULT_PATH) is None:
+        raise SourceError(f"bootstrapping a foreign architecture ({spec.arch}) needs arch-test, "
+                          "which mmdebstrap uses to check the emulation",
+                          hint="apt-get install arch-test")
     log.info("bootstrapping %s (%s) from %s into %s", spec.suite, spec.variant, spec.uri, target)
     args = argv(spec, target)
     live = _progress.enabled(progress) and sys.stderr.isatty()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .. import formats, releases, rootfs, run
+from .. import arches, formats, releases, rootfs, run
 from ..errors import SourceError
 from ..rootfs import lock
 from . import bootstrap
@@ -65,6 +65,14 @@ class SourcePlan:
     def path(self) -> Path:
         """The local archive or directory (kinds ``archive`` and ``directory``)."""
         return Path(self.value)
+
+    def arch(self) -> str | None:
+        """The architecture of the rootfs this source gives, when known before it is had:
+        a bootstrap's (default: the host's), a cloud image's; None for other sources."""
+        if self.bootstrap is not None:
+            host = arches.host()
+            return self.bootstrap.arch or (host.name if host is not None else None)
+        return self.image.arch if self.image is not None else None
 
     def base_image(self) -> str | None:
         """``ubuntu/<codename>`` for an Ubuntu cloud image or an Ubuntu bootstrap suite."""
