@@ -1,4 +1,4 @@
-"""The maas-chroot argument parser (private to cli.py): verbs, flags and --help examples."""
+"""The maas-chroot argument parser (private to the CLI): verbs, flags and --help examples."""
 
 from __future__ import annotations
 
