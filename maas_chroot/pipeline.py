@@ -29,10 +29,11 @@ from typing import Any
 from . import arches, binfmt, maas, rootfs
 from .archive import archiving as archive
 from .boot import BootReport, boot_test
+from .boot import options as boot_options
 from .customise.customisation import Customisation, customise
 from .customise.scrubbing import SysprepReport
 from .customise.scrubbing import sysprep as _sysprep
-from .errors import BuildError, MaasChrootError, PrivilegeError, SpecError
+from .errors import ArgumentError, BuildError, MaasChrootError, PrivilegeError, SpecError
 from .maas import Upload
 from .progress import human_size
 from .sources import bootstrap, plans
@@ -225,9 +226,9 @@ class _Build:
                 compression, filetype = archive.output_format(spec.output)
                 up = _check_upload(spec.upload, plan)
                 spec.check()
-                _boot_options(spec.boot_test)
-                _check_dirs(spec, plan)
                 arch = plan.arch()
+                _boot_options(spec.boot_test, arch)
+                _check_dirs(spec, plan)
                 if arch is not None and (plan.bootstrap is not None or spec.wanted()):
                     binfmt.require(arch, root="", what=plan.describe())
         except Exception as e:
@@ -301,22 +302,17 @@ class _Build:
         return root
 
 
-#: What ``boot_test=`` may set (the rest of boot_test()'s options come from the build).
-BOOT_OPTIONS = frozenset({"kernel", "timeout", "memory", "accel", "boots", "fail_fast",
-                          "log_dir"})
-
-
-def _boot_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(f"boot_test must be True, False or a dict of boot_test() options, not "
-                        f"{value!r}", key="boot_test", hint='e.g. boot_test={"boots": 2}')
-    unknown = sorted(set(value) - BOOT_OPTIONS)
-    if unknown:
-        raise SpecError(f"unknown boot_test option(s): {', '.join(unknown)}", key="boot_test",
-                        hint=f"use: {', '.join(sorted(BOOT_OPTIONS))}")
-    return dict(value)
+def _boot_options(value: bool | Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
+    """``boot_test=`` as boot_test() options; a :class:`SpecError` when it cannot work."""
+    try:
+        options = boot_options.build_options(value)
+    except ArgumentError as e:
+        raise SpecError(e.message, key="boot_test", hint=e.hint) from e
+    if value is not False and arch is not None and arch not in boot_options.ARCHES:
+        raise SpecError(f"the boot test boots {', '.join(boot_options.ARCHES)} images only, "
+                        f"and this build makes an {arch} one", key="boot_test",
+                        hint="leave boot_test (--boot-test) out for a foreign architecture")
+    return options
 
 
 def _check_upload(upload: Upload | None, plan: SourcePlan) -> Upload | None:
