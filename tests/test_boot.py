@@ -12,11 +12,14 @@ import gzip
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -327,19 +330,96 @@ def test_a_fifo_or_a_device_at_bin_sh_is_never_opened(tmp_path: Path) -> None:
 LOCALE = "locale: C.UTF-8\n"  # cloud-init 22.4's cc_locale fails on bookworm (cloud-init#4195)
 
 
+class Listener:
+    """A TCP port on the host's 127.0.0.1 that records every connection made to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[tuple[str, int]] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(peer)
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+#: A unit in the good image that tries to leave QEMU once the NIC has its address: the
+#: host's 127.0.0.1 through slirp's 10.0.2.2, and an outside address (TEST-NET-1). With
+#: restrict=on, slirp's DHCP offers no router (libslirp bootp.c), so there is no default route.
+EGRESS_UNIT = """[Unit]
+Description=maas-chroot test: try to reach the host and the outside from the guest
+Wants=network-online.target
+After=network-online.target
+[Service]
+Type=oneshot
+TimeoutStartSec=120
+StandardOutput=journal+console
+ExecStart=/usr/bin/python3 /usr/local/sbin/egress-probe
+[Install]
+WantedBy=multi-user.target
+"""
+EGRESS_PROBE = """import socket, time
+for _ in range(60):  # until the NIC has its address (the route to its subnet)
+    routes = [line.split() for line in open("/proc/net/route").readlines()[1:]]
+    if any(r[0] != "lo" for r in routes):
+        break
+    time.sleep(1)
+else:
+    print("egress-probe: no network", flush=True)
+gateway = any(r[1] == "00000000" for r in routes)
+print(f"egress-probe: default route {'yes' if gateway else 'no'}", flush=True)
+for host, port in (("10.0.2.2", PORT), ("192.0.2.1", 80)):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        what = "connected"
+    except OSError as e:
+        what = f"blocked ({e.strerror or type(e).__name__})"
+    print(f"egress-probe {host}:{port}: {what}", flush=True)
+"""
+
+
 @pytest.fixture(scope="session")
-def booted_build(tmp_path_factory: pytest.TempPathFactory) -> mc.BuildResult:
+def host_listener() -> Iterator[Listener]:
+    listener = Listener()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+@pytest.fixture(scope="session")
+def booted_build(tmp_path_factory: pytest.TempPathFactory,
+                 host_listener: Listener) -> mc.BuildResult:
     """A deployable Debian image built with mc.build from a bootstrapped tree, and boot-tested
-    by the build itself, twice at once (once per session)."""
+    by the build itself, twice at once (once per session). It carries a unit that tries to
+    reach the host's 127.0.0.1 (``host_listener``) and the outside from the guest."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     base = build_minbase(CACHE, include=BOOT_PACKAGES)
     out = tmp_path_factory.mktemp("boot") / "debian-boot.tgz"
     cfg = out.parent / "locale.cfg"
     cfg.write_text(LOCALE)
+    unit, probe = out.parent / "egress-probe.service", out.parent / "egress-probe"
+    unit.write_text(EGRESS_UNIT)
+    probe.write_text(EGRESS_PROBE.replace("PORT", str(host_listener.port)))
     logs = out.parent / "logs"
     logs.mkdir()
-    return mc.build(base, out, files={"/etc/cloud/cloud.cfg.d/99-locale.cfg": cfg},
+    return mc.build(base, out, files={"/etc/cloud/cloud.cfg.d/99-locale.cfg": cfg,
+                                      "/etc/systemd/system/egress-probe.service": unit,
+                                      "/usr/local/sbin/egress-probe": probe},
+                    commands=["systemctl enable egress-probe.service"],
                     progress=False, workdir=out.parent,
                     boot_test={"boots": 2, "log_dir": logs})
 
@@ -380,7 +460,8 @@ def variant(good: Path, name: str, *, drop: tuple[str, ...] = (),
 @pytest.mark.network
 @pytest.mark.slow
 @pytest.mark.vm
-def test_a_good_image_boots_twice_with_two_identities(booted_build: mc.BuildResult) -> None:
+def test_a_good_image_boots_twice_with_two_identities(booted_build: mc.BuildResult,
+                                                      host_listener: Listener) -> None:
     report = booted_build.boot
     assert report is not None
     print(report)
@@ -404,6 +485,14 @@ def test_a_good_image_boots_twice_with_two_identities(booted_build: mc.BuildResu
         assert 0 < ms["kernel"] < ms["userspace"] < ms["cloud-init"] < ms["power-off"]
         assert run.console_log.read_text().count("Linux version") == 1
     assert "every deployed machine is unique" in repr(report)
+    # nothing the guest sends leaves QEMU: not to the host's 127.0.0.1, not outside
+    for run in report.runs:
+        log = run.console_log.read_text()
+        assert "egress-probe: no network" not in log
+        assert "egress-probe: default route no" in log  # restrict=on: DHCP gives no router
+        assert f"egress-probe 10.0.2.2:{host_listener.port}: blocked" in log, log[-3000:]
+        assert "egress-probe 192.0.2.1:80: blocked" in log
+    assert host_listener.connections == []
     assert "NoCloud seed stands in for MAAS's datasource" in repr(report)
     # only the logs are left: no disk, no staging tree in the work dir
     logs = one.console_log.parent
