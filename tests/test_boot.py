@@ -356,7 +356,8 @@ class Listener:
 
 
 #: A unit in the good image that tries to leave QEMU once the NIC has its address: the
-#: host's 127.0.0.1 through slirp's 10.0.2.2, and an outside address (TEST-NET-1). With
+#: host's 127.0.0.1 through slirp's 10.0.2.2, an outside address (TEST-NET-1) and the
+#: metadata address cloud-init probes on clouds. With
 #: restrict=on, slirp's DHCP offers no router (libslirp bootp.c), so there is no default route.
 EGRESS_UNIT = """[Unit]
 Description=maas-chroot test: try to reach the host and the outside from the guest
@@ -380,7 +381,7 @@ else:
     print("egress-probe: no network", flush=True)
 gateway = any(r[1] == "00000000" for r in routes)
 print(f"egress-probe: default route {'yes' if gateway else 'no'}", flush=True)
-for host, port in (("10.0.2.2", PORT), ("192.0.2.1", 80)):
+for host, port in (("10.0.2.2", PORT), ("192.0.2.1", 80), ("169.254.169.254", 80)):
     try:
         socket.create_connection((host, port), timeout=5).close()
         what = "connected"
@@ -492,6 +493,7 @@ def test_a_good_image_boots_twice_with_two_identities(booted_build: mc.BuildResu
         assert "egress-probe: default route no" in log  # restrict=on: DHCP gives no router
         assert f"egress-probe 10.0.2.2:{host_listener.port}: blocked" in log, log[-3000:]
         assert "egress-probe 192.0.2.1:80: blocked" in log
+        assert "egress-probe 169.254.169.254:80: blocked" in log  # the metadata address
     assert host_listener.connections == []
     assert "NoCloud seed stands in for MAAS's datasource" in repr(report)
     # only the logs are left: no disk, no staging tree in the work dir
