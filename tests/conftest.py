@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import CACHE, IS_ROOT, binfmt_state, build_minbase, gnu_extract
+from fixtures import CACHE, IS_ROOT, binfmt_state, build_minbase, gnu_extract, processes_naming
 from servers.tls import TestCA, make_ca
 
 from maas_chroot import binfmt, rootfs
@@ -55,7 +55,8 @@ def _ours(point: str, basetemp: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def host_stays_clean(tmp_path: Path) -> Iterator[None]:
-    """Fail any test that leaves a mount or a chrooted process behind (and clean it up).
+    """Fail any test that leaves a mount, a chrooted process, or a process working on its
+    tmp_path (a gpg-agent of a test key) behind, and clean it up.
 
     Only this session's own base temp dir (and the library's ``maas-chroot`` work
     dirs) count, so concurrent pytest or mmdebstrap runs on the machine are left alone.
@@ -68,11 +69,13 @@ def host_stays_clean(tmp_path: Path) -> Iterator[None]:
     for point in leaked:
         subprocess.run(["umount", "-R", "-l", point], check=False)
     stray = _rooted_pids(basetemp + "/")
-    for pid, _ in stray:
+    workers = processes_naming(f"{tmp_path}/")
+    for pid in [p for p, _ in stray] + workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
     assert not leaked, f"test leaked mounts into the host namespace: {leaked}"
     assert not stray, f"test left processes chrooted under {basetemp}: {stray}"
+    assert not workers, f"test left processes working in {tmp_path}: {workers}"
 
 
 @pytest.fixture(autouse=True)

@@ -88,6 +88,7 @@ def make_key(where: Path, uid: str = "maas-chroot test repo <repo@invalid>") -> 
     asc, binary = where / "key.asc", where / "key.gpg"
     asc.write_bytes(_run([*gpg, "--armor", "--export", fpr]).stdout)
     binary.write_bytes(_run([*gpg, "--export", fpr]).stdout)
+    _stop_gpg_agent(home)  # keygen started one; a signature later starts it again
     return GpgKey(home, fpr, asc, binary)
 
 
