@@ -146,6 +146,11 @@ class EmulationError(ChrootError):
         self.arch = arch
 
 
+class OverlayUnavailable(ChrootError):
+    """An overlay (a build's cheap copy of a cached base) cannot be mounted here: the build
+    extracts the base instead. ``root`` names the mount point."""
+
+
 class SysprepError(ChrootError):
     """sysprep() was given something it cannot scrub (``root`` names it)."""
 
