@@ -21,7 +21,7 @@ from ..archive import archiving as archive
 from ..boot import boot_test
 from ..boot.runner import failure as boot_failure
 from ..customise.scrubbing import sysprep
-from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
+from ..errors import MaasChrootError, PrivilegeError, SourceError
 from ..maas import Upload
 from ..pipeline import BuildSpec, build
 from ..sources import plans
@@ -114,18 +114,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> maas.MaasClient:
     opts = {"cacerts": args.cacerts} if args.cacerts else {}
-    if args.profile:
-        return maas.MaasClient.from_profile(args.profile, **opts)
-    url = args.maas_url or os.environ.get("MAAS_URL")
-    key = args.api_key or os.environ.get("MAAS_API_KEY")
-    if url and key:
-        return maas.MaasClient(url, key, **opts)
-    if os.environ.get("MAAS_PROFILE"):
-        return maas.MaasClient.from_profile(os.environ["MAAS_PROFILE"], **opts)
-    raise MaasCredentialsError(
-        f"`{PROG} {args.verb}` needs MAAS credentials, and none were given", url="",
-        hint="pass --profile NAME (from `maas login`), or --maas-url URL --api-key KEY, "
-             "or set MAAS_URL and MAAS_API_KEY")
+    return maas.MaasClient.resolve(args.profile, url=args.maas_url, api_key=args.api_key,
+                                   needed_by=f"`{PROG} {args.verb}`", **opts)
 
 
 def _upload_spec(args: argparse.Namespace) -> Upload:
