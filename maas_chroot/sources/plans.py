@@ -143,7 +143,7 @@ def plan(source: str | os.PathLike[str] | ImageSource,
     if is_url(source):
         raise SourceError(f"unsupported URL scheme in {source!r}",
                           hint="use an http://, https:// or file:// URL")
-    if os.path.lexists(source) or "/" in source or source.lower().endswith(_PATHLIKE):
+    if names_a_path(source):
         local = _local(source)
         if local.kind == "archive" and (sha256 or sums_url):  # "fetched" only to be verified
             return fetched("archive", local.value, local.value)
@@ -151,6 +151,15 @@ def plan(source: str | os.PathLike[str] | ImageSource,
     image = cloud_image(source, arch=o.arch or "amd64", fmt=o.fmt, stream=o.stream,
                         mirror=o.mirror)
     return fetched("image", image.url, image)
+
+
+def names_a_path(source: str, where: str | os.PathLike[str] = ".") -> bool:
+    """Whether the source string ``source`` names a local file or directory (relative to
+    ``where``) rather than a release or a URL: it exists, has a ``/`` or an archive suffix."""
+    if source.startswith(BOOTSTRAP) or is_url(source):
+        return False
+    return (os.path.lexists(os.path.join(where, source)) or "/" in source
+            or source.lower().endswith(_PATHLIKE))
 
 
 def _local(path: str) -> SourcePlan:
