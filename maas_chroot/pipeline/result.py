@@ -15,7 +15,11 @@ from ..progress import human_size
 @dataclass(frozen=True)
 class BuildResult:
     """What ``build()`` made: the packed image, its hash and architecture, the upload, and
-    where time went."""
+    where time went; the manifest and the build record written beside the image.
+
+    With ``if_changed``: ``up_to_date`` when nothing was built (the image and its record
+    are those of the build of ``built``), else ``reasons`` says why it was built again.
+    """
 
     output: Path
     size: int
@@ -27,6 +31,11 @@ class BuildResult:
     rootfs: Path | None = None
     boot: BootReport | None = field(default=None, repr=False)
     arch: str | None = None
+    manifest: Path | None = None
+    record: Path | None = None
+    up_to_date: bool = False
+    reasons: tuple[str, ...] = ()
+    built: str | None = None
 
     @property
     def durations(self) -> dict[str, float]:
@@ -46,6 +55,12 @@ class BuildResult:
                  f"  source    {self.source}"]
         if self.arch is not None:
             lines.append(f"  arch      {self.arch}")
+        if self.up_to_date:
+            lines.append(f"  up to date: nothing changed since its build of {self.built}")
+        for why in self.reasons:
+            lines.append(f"  rebuilt   {why}")
+        if self.manifest is not None:
+            lines.append(f"  manifest  {os.fspath(self.manifest)}")
         if self.rootfs is not None:
             lines.append(f"  rootfs    {os.fspath(self.rootfs)} (kept)")
         if self.uploaded is not None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import arches, maas
+from ..archive import archiving as archive
 from ..customise.customisation import Customisation
-from ..errors import SpecError
+from ..errors import SpecError, keyed
 from ..maas import Upload
 from ..sources import image as sources
+from ..sources import plans
 from ..sources.plans import SourceOptions, SourcePlan
 
 Source = str | os.PathLike[str] | sources.ImageSource
@@ -38,7 +40,8 @@ class BuildSpec(SourceOptions, Customisation):
     ``in_place`` (customise a directory ``source`` itself), ``boot_test`` (True, or a
     mapping of :func:`~maas_chroot.boot_test` options such as ``{"boots": 2}``: the packed
     image is deployed and booted before any upload, and a failing one is never
-    uploaded) and ``upload``.
+    uploaded), ``upload``, and ``base_cache`` (build on a copy-on-write overlay of the
+    source extracted once into the cache, instead of extracting it every time).
     Build one with :meth:`create`, which normalises and checks every value.
     """
 
@@ -52,6 +55,7 @@ class BuildSpec(SourceOptions, Customisation):
     in_place: bool = False
     boot_test: bool | Mapping[str, Any] = False
     upload: Upload | None = None
+    base_cache: bool = True
 
     @classmethod
     def create(cls, source: Source, output: str | os.PathLike[str], **options: Any) -> BuildSpec:
@@ -68,7 +72,7 @@ class BuildSpec(SourceOptions, Customisation):
 
 
 _TUPLES = ("packages", "remove", "commands", "apt_sources", "sysprep_keep", "include")
-_PATHS = ("output", "keyring", "cache_dir", "apt_key", "workdir", "keep_rootfs")
+PATHS = ("output", "keyring", "cache_dir", "apt_key", "workdir", "keep_rootfs")
 
 
 def _normalise(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,13 +95,39 @@ def _coerce(key: str, value: Any) -> Any:
             raise SpecError(f"{key} must be a list, not a single string: {value!r}",
                             key=key, hint=f"write {key}=[{value!r}]")
         return tuple(value or ())
-    if key in _PATHS and value is not None:
+    if key in PATHS and value is not None:
         return Path(os.fspath(value)).absolute()
     if key == "files":
         return tuple((value or {}).items()) if isinstance(value, Mapping | None) else tuple(value)
     if key == "upload" and isinstance(value, Mapping):
         return Upload(**dict(value))
     return value
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`preflight` settled: the source plan, the output's compression and MAAS
+    filetype, and the upload with its name checked and base image filled in."""
+
+    plan: SourcePlan
+    compression: str
+    filetype: str
+    upload: Upload | None
+
+
+def preflight(spec: BuildSpec) -> Checked:
+    """Refuse, before anything slow happens (and without the network), a spec bound to
+    fail: the source, the output's name and directory, the upload name, the files and
+    scripts, the apt keys, the boot test options, the work directories."""
+    with keyed("source"):
+        plan = plans.plan(spec.source, spec.source_options())
+    with keyed("output"):
+        compression, filetype = archive.output_format(spec.output)
+    upload = check_upload(spec.upload, plan)
+    spec.check()
+    boot_options(spec.boot_test)
+    check_dirs(spec, plan)
+    return Checked(plan, compression, filetype, upload)
 
 
 #: What ``boot_test=`` may set (the rest of boot_test()'s options come from the build).
@@ -121,11 +151,13 @@ def boot_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
 def check_upload(upload: Upload | None, plan: SourcePlan) -> Upload | None:
     if upload is None:
         return None
-    name = maas.validate_name(upload.name)
+    with keyed("upload.name"):
+        name = maas.validate_name(upload.name)
     base = upload.base_image if upload.base_image is not None else plan.base_image()
     arch = plan.arch()
     if arch is not None:  # an architecture the source contradicts fails now, not after the build
-        arches.maas_architecture(upload.architecture, arch, force=upload.force)
+        with keyed("upload.architecture"):
+            arches.maas_architecture(upload.architecture, arch, force=upload.force)
     return dataclasses.replace(upload, name=name, base_image=base)
 
 

@@ -28,8 +28,9 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mounts_under(path: str | os.PathLike[str]) -> list[str]:
-    """Mount points at or below ``path`` in the calling thread's mount namespace, deepest first.
+def mounts_under(path: str | os.PathLike[str], *, below: bool = False) -> list[str]:
+    """Mount points at or below ``path`` (strictly below it with ``below``) in the calling
+    thread's mount namespace, deepest first.
 
     The thread's own (``/proc/thread-self``): a thread may have a namespace of its own
     (:mod:`maas_chroot.chroot.overlay`), and ``/proc/self`` shows the main thread's.
@@ -42,7 +43,7 @@ def mounts_under(path: str | os.PathLike[str]) -> list[str]:
     with open(info, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             point = _unescape(line.split()[4])
-            if point == top or point.startswith(top.rstrip("/") + "/"):
+            if (point == top and not below) or point.startswith(top.rstrip("/") + "/"):
                 found.append(point)
     return sorted(set(found), key=lambda p: (-p.count("/"), p))
 
