@@ -37,8 +37,9 @@ def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """Replace build() in the CLI by a recorder, and pretend to be root."""
     calls: list[tuple[Any, ...]] = []
 
-    def fake_build(spec: BuildSpec, *, progress: bool | None = None) -> BuildResult:
-        calls.append((spec.source, spec.output, spec))
+    def fake_build(spec: BuildSpec, *, progress: bool | None = None,
+                   if_changed: bool = False) -> BuildResult:
+        calls.append((spec.source, spec.output, spec, if_changed))
         return BuildResult(output=spec.output, size=1, sha256="0" * 64, source=str(spec.source))
 
     monkeypatch.setattr(verbs, "build", fake_build)
@@ -51,7 +52,7 @@ def test_seed_one_liner_becomes_one_build_call(recorded_build: list[tuple[Any, .
     monkeypatch.setenv("MAAS_URL", "http://127.0.0.1:9/MAAS")
     monkeypatch.setenv("MAAS_API_KEY", "a:b:c")
     assert cli.main(shlex.split(SEED)) == 0
-    [(source, output, spec)] = recorded_build
+    [(source, output, spec, _)] = recorded_build
     assert (source, output) == ("focal", Path("focal-custom.tgz").absolute())
     assert spec.fmt == "root.tar.xz"
     assert spec.upgrade is True
@@ -73,7 +74,7 @@ def test_customisation_flags_keep_their_order(recorded_build: list[tuple[Any, ..
             "--copy", f"{script}:/etc/x.sh", "--network", "none", "--no-sysprep",
             "--keep-rootfs", str(tmp_path / "keep"), "--apt-proxy", "http://127.0.0.1:3128"]
     assert cli.main(argv) == 0
-    [(_, _, spec)] = recorded_build
+    [(_, _, spec, _)] = recorded_build
     assert spec.commands == ("echo 1", script, "echo 2")
     assert spec.packages == ("jq", "tree", "curl")
     assert spec.files == (("/etc/x.sh", str(script)),)
@@ -100,7 +101,7 @@ def test_upload_flags_reach_the_upload(recorded_build: list[tuple[Any, ...]],
             "--maas-url", "https://127.0.0.1:9/MAAS", "--api-key", "a:b:c",
             "--cacerts", str(maas_ca.ca)]
     assert cli.main(argv) == 0
-    [(_, _, spec)] = recorded_build
+    [(_, _, spec, _)] = recorded_build
     up = spec.upload
     assert isinstance(up, Upload)
     assert (up.name, up.replace, up.wait, up.wait_timeout, up.chunk_size, up.base_image) == (
@@ -191,7 +192,7 @@ def test_boot_test_flags_reach_build(recorded_build: list[tuple[Any, ...]],
     argv = ["build", "noble", "-o", str(tmp_path / "o.tgz"), "--boot-test", "--boots", "2",
             "--kernel", "linux-generic", "--accel", "tcg", "--boot-timeout", "600"]
     assert cli.main(argv) == 0
-    [(_, _, spec)] = recorded_build
+    [(_, _, spec, _)] = recorded_build
     assert spec.boot_test == {"boots": 2, "kernel": "linux-generic", "accel": "tcg",
                               "timeout": 600.0}
     assert cli.main(["build", "noble", "-o", str(tmp_path / "o.tgz"), "--boot-test"]) == 0
