@@ -28,6 +28,7 @@ file to copy that is not there, and whatever else the check step refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -175,8 +176,7 @@ class _Loader:
             try:
                 options[key] = self.value(name, key, value)
             except _Wrong as e:
-                hint = e.hint or (f"write {key} = [{_toml(value)}]" if isinstance(value, str)
-                                  and e.expected.startswith("a list") else None)
+                hint = e.hint or _fix(key, value, e.expected)
                 got = _shown(value if e.got is None else e.got)
                 raise self.fail(name, (key,), f"{key} must be {e.expected}, not {got}",
                                 hint) from None
@@ -302,6 +302,22 @@ def _list(value: Any, expected: str) -> list[Any]:
     if isinstance(value, list):
         return value
     raise _Wrong(expected)
+
+
+def _fix(key: str, value: Any, expected: str) -> str:
+    """How to write ``key`` right, from what it should be and its default."""
+    default = next(f.default for f in dataclasses.fields(BuildSpec) if f.name == key)
+    if isinstance(value, str) and expected.startswith("a list"):
+        return f"write {key} = [{_toml(value)}]"
+    if isinstance(default, bool):
+        return f"write {key} = {str(not default).lower()} (true or false, without quotes)"
+    if isinstance(default, int):
+        return f"write a number without quotes, e.g. {key} = {default}"
+    if expected.startswith("one of"):
+        return f"write {key} = " + expected.removeprefix("one of ").split(",")[0].replace("'", '"')
+    if key == "commands":
+        return 'e.g. commands = ["echo hi > /etc/motd", ["touch", "/x"], {script = "setup.sh"}]'
+    return f"see what {key} takes in docs/api.md (the build() options)"
 
 
 def _toml(value: str) -> str:
