@@ -19,7 +19,8 @@ from servers.aptrepo import DebSpec, serve_proxy, serve_repo
 from servers.maas import serve
 from servers.tls import TestCA
 
-from maas_chroot import cli, rootfs
+from maas_chroot import chroot, cli, rootfs
+from maas_chroot.chroot import manifest
 from maas_chroot.cli import verbs
 from maas_chroot.maas import Upload
 from maas_chroot.pipeline import BuildResult, BuildSpec
@@ -291,7 +292,8 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
         assert posts, fake.log
     rootfs.remove_tree(tmp_path / "repo")
     # the work dir is gone (only our output, the MAAS store and the unpack target remain)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "maas"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "custom.tgz.build.json",
+                                                          "custom.tgz.manifest", "maas"]
     assert "install" in proc.stdout and "pack" in proc.stdout and "upload" in proc.stdout
     try:
         curtin_extract(stored, unpacked)
@@ -391,6 +393,10 @@ def test_verbs_extract_shell_pack_upload_recover_fetch(minbase_tar: Path, tmp_pa
         proc = run_cli("pack", str(root), str(out), "--sysprep", "--level", "1", "-q")
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split()[0] == str(out)
+        with chroot.Chroot(root) as ch:  # pack wrote the manifest: dpkg-query's, in the image
+            listed = ch.run(list(manifest.QUERY), capture=True).stdout
+        assert manifest.path_for(out).read_text() == listed and "\ndpkg\t" in listed
+        assert proc.stdout.splitlines()[1].startswith(f"{out}.manifest  ")
         assert (root / "etc/machine-id").read_bytes() == b""
         proc = run_cli("recover", str(root))
         assert (proc.returncode, proc.stdout.strip()) == (0, f"{root}: nothing to recover")
