@@ -280,6 +280,7 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
                        "--run", "echo 0123456789abcdef0123456789abcdef > /etc/machine-id",
                        "--run", "mkdir -p /etc/ssh && echo k > /etc/ssh/ssh_host_ed25519_key",
                        "--apt-proxy", proxy.url, "--workdir", str(tmp_path),
+                       "--cache-dir", str(tmp_path / "cache"),  # no debs from another run
                        "--upload", "custom/bookworm-jq", "--title", "Bookworm with jq",
                        env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
         assert proc.returncode == 0, proc.stderr
@@ -292,8 +293,8 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
         assert posts, fake.log
     rootfs.remove_tree(tmp_path / "repo")
     # the work dir is gone (only our output, the MAAS store and the unpack target remain)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "custom.tgz.build.json",
-                                                          "custom.tgz.manifest", "maas"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cache", "custom.tgz", "custom.tgz.build.json", "custom.tgz.manifest", "maas"]
     assert "install" in proc.stdout and "pack" in proc.stdout and "upload" in proc.stdout
     try:
         curtin_extract(stored, unpacked)

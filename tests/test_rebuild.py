@@ -156,9 +156,13 @@ def test_a_warm_build_with_apt_has_the_tree_of_a_cold_one_and_the_manifest_of_th
                 trees[name] = tmp_path / f"{name}-deployed"
                 curtin_extract(res.output, trees[name])
     assert "extract" not in res.durations
+    # the apt archive cache is shared: three builds, one download, nothing of it in an image
+    assert [p for p in repo.log if p.endswith(".deb")] == ["/pool/main/hello-mc_1.2_all.deb"]
+    assert list((cache / "debs").glob("hello-mc_*.deb"))
     try:
         cold, warm = trees["cold"], trees["warm"]
         assert tree_state(cold) == tree_state(warm)
+        assert not (warm / "var/cache/apt/archives-maas-chroot").exists()
         assert tree_xattrs(cold) == tree_xattrs(warm)
         # the manifest is dpkg-query's, in the image
         with mc.Chroot(warm, network="none") as ch:

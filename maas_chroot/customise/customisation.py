@@ -7,12 +7,16 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from filelock import FileLock
+
 from ..chroot import manifest as manifest_
+from ..chroot.apt import Apt
+from ..chroot.binds import Bind
 from ..chroot.session import Chroot, Network
 from ..errors import SpecError
 from ..sources import hostapt
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 Steps = Callable[[Step], AbstractContextManager[None]]
 
 _SCRIPT_DIR = "/root"
+#: Where a build's shared apt archive cache is bound in the image (gone with the session).
+DEBS = "/var/cache/apt/archives-maas-chroot"
 
 
 @dataclass(frozen=True)
@@ -122,30 +128,40 @@ class Customisation:
 
 
 def customise(root: Path, c: Customisation, steps: Steps, *, progress: bool | None,
-              manifest: bool = False) -> str | None:
+              manifest: bool = False, debs: Path | None = None) -> str | None:
     """Run the customisation ``c`` on ``root`` in one chroot session.
 
     With ``manifest``, the session ends by reading the image's package manifest
     (:mod:`maas_chroot.chroot.manifest`), which is returned; None when it cannot be read
-    (no dpkg in the image), or without ``manifest``.
+    (no dpkg in the image), or without ``manifest``. ``debs``: a host directory shared
+    by builds as apt's archive cache (bound at :data:`DEBS` for the session; apt's
+    downloads go there, never into the image, and one build at a time downloads).
     """
     unreadable = manifest_.why_not(root) if manifest else "not asked for"
     if manifest and unreadable is not None:
         log.warning("%s: no package manifest: %s", root, unreadable)
     if not c.wanted() and unreadable is not None:
         return None
+    shared = debs if c.uses_apt() else None
     with ExitStack() as stack:
+        if shared is not None:
+            shared.mkdir(parents=True, exist_ok=True, mode=0o755)
         with steps(Step.CHROOT):
-            ch = stack.enter_context(Chroot(root, network=c.network))
-        _steps(ch, c, steps, progress=progress)
+            ch = stack.enter_context(Chroot(root, network=c.network,
+                                            binds=[Bind(os.fspath(shared), DEBS)] if shared
+                                            else None))
+        _steps(ch, c, steps, progress=progress,
+               lock=FileLock(os.fspath(shared) + ".lock") if shared else None)
         if unreadable is None:
             with steps(Step.MANIFEST):
                 return manifest_.query(ch)
     return None
 
 
-def _steps(ch: Chroot, c: Customisation, steps: Steps, *, progress: bool | None) -> None:
-    apt = ch.apt
+def _steps(ch: Chroot, c: Customisation, steps: Steps, *, progress: bool | None,
+           lock: FileLock | None) -> None:
+    apt = Apt(ch, archives=DEBS if lock is not None else None)
+    downloads = lock if lock is not None else nullcontext()
     if c.uses_apt():
         if c.apt_proxy:
             apt.set_proxy(c.apt_proxy, keep=False)
@@ -155,10 +171,10 @@ def _steps(ch: Chroot, c: Customisation, steps: Steps, *, progress: bool | None)
         with steps(Step.UPDATE):
             apt.update(progress=progress)
     if c.upgrade:
-        with steps(Step.UPGRADE):
+        with steps(Step.UPGRADE), downloads:
             apt.upgrade(dist=True, progress=progress)
     if c.packages:
-        with steps(Step.INSTALL):
+        with steps(Step.INSTALL), downloads:
             apt.install(list(c.packages), progress=progress)
     if c.remove:
         with steps(Step.REMOVE):

@@ -58,6 +58,9 @@ from .spec import DEFAULT_WORKDIR, BuildSpec, Checked, Source, boot_options, pre
 
 log = logging.getLogger(__name__)
 
+#: The apt archive cache every build shares, under the cache directory.
+DEBS_DIR = "debs"
+
 
 def build(source: Source | BuildSpec, output: str | os.PathLike[str] | None = None, *,
           progress: bool | None = None, if_changed: bool = False,
@@ -277,7 +280,8 @@ class _Build:
     def _on_rootfs(self, root: Path) -> _Made:
         """Customise (and read the manifest), sysprep and pack the rootfs ``root``."""
         spec, steps, progress = self.spec, self.steps, self.progress
-        text = customise(root, spec, steps, progress=progress, manifest=True)
+        text = customise(root, spec, steps, progress=progress, manifest=True,
+                         debs=self._cache_dir() / DEBS_DIR)
         report = None
         if spec.sysprep:
             with steps(Step.SYSPREP):
