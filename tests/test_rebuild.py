@@ -213,3 +213,29 @@ def test_a_bootstrap_source_is_its_inputs_and_the_mirrors_release_file(tmp_path:
     (dists / "InRelease").unlink()
     (dists / "Release").write_text("Origin: test\n")
     assert bootstrap.release_of(spec).url.endswith("/Release")  # type: ignore[union-attr]
+
+
+def test_a_recipes_upload_takes_its_credentials_from_the_profile_it_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures import maas_login
+    from servers.maas import serve
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("MAAS_URL", "MAAS_API_KEY", "MAAS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    with serve_cloud_images(tmp_path) as site, serve(tmp_path / "maas") as fake:
+        maas_login(tmp_path / "home/.maascli.db", "admin", fake.url, fake.api_key)
+        path = tmp_path / "images.toml"
+        path.write_text(f"source = 'noble'\nmirror = '{site.mirror}'\nkeyring = "
+                        f"'{site.keyring}'\ncache_dir = 'cache'\nworkdir = '.'\n"
+                        "[image.tiny]\n[image.tiny.upload]\nname = 'custom/tiny'\n"
+                        "profile = 'admin'\n")
+        res = mc.build(mc.Recipe.load(path).images["tiny"], progress=False)
+        assert res.uploaded is not None and res.uploaded.full_name == "custom/tiny"
+        assert fake.path("custom/tiny").read_bytes() == res.output.read_bytes()
+    text = (tmp_path / "tiny.tgz.build.json").read_text()
+    assert json.loads(text)["upload"] == {
+        "maas": fake.url, "id": res.uploaded.id, "name": "custom/tiny",
+        "architecture": res.uploaded.architecture, "base_image": res.uploaded.base_image,
+        "complete": res.uploaded.complete}
+    assert fake.api_key.split(":")[2] not in text  # the URL, never the key

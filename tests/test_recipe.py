@@ -4,7 +4,11 @@ build -f (flags override the recipe) and check -f; every shipped example checks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tarfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -249,3 +253,32 @@ def test_several_images_go_on_after_one_fails(tmp_path: Path) -> None:
         assert_one_clear_error(proc, "2 of 2 images failed: a, b")
     else:
         assert_one_clear_error(proc, "must run as root")
+
+
+SMALL = [p for p in EXAMPLES if p.read_text().startswith("# small:")]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("example", SMALL, ids=lambda p: p.name)
+def test_every_small_example_builds(example: Path, minbase_tar: Path, tmp_path: Path) -> None:
+    """Built as shipped, but from the test cloud-images site (the minbase as noble)."""
+    from servers.cloudimages import serve_cloud_images
+
+    copy = tmp_path / "examples"
+    shutil.copytree(example.parent, copy, ignore=shutil.ignore_patterns("*.ipynb"))
+    with serve_cloud_images(tmp_path, rootfs_tar=minbase_tar, formats=("root.tar.xz",)) as site:
+        proc = run_cli("build", "-f", str(copy / example.name), "--format", "root.tar.xz",
+                       "--mirror", site.mirror, "--keyring", str(site.keyring), "--level", "1",
+                       "--cache-dir", str(tmp_path / "cache"), "--workdir", str(tmp_path),
+                       "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    for name, spec in mc.Recipe.load(copy / example.name).images.items():
+        assert f"{name}:\nBuildResult('{spec.output}'" in proc.stdout
+        assert Path(f"{spec.output}.manifest").read_text().startswith("adduser\t")
+        record = json.loads(Path(f"{spec.output}.build.json").read_text())
+        assert record["output"]["sha256"] == hashlib.sha256(spec.output.read_bytes()).hexdigest()
+        with tarfile.open(spec.output) as tar:
+            for dest, src in spec.files:
+                member = tar.extractfile("." + dest)
+                assert member is not None
+                assert member.read() == (src if isinstance(src, bytes) else Path(src).read_bytes())
