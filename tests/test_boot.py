@@ -177,7 +177,8 @@ def test_a_good_image_boots_twice_with_two_identities(booted_build: mc.BuildResu
     assert sorted(p.name for p in logs.iterdir()) == [
         f"debian-boot.tgz.boot-{i}.{ext}" for i in (1, 2) for ext in ("json", "log")]
     assert sorted(p.name for p in booted_build.output.parent.iterdir()) == [
-        "debian-boot.tgz", "locale.cfg", "logs"]
+        "debian-boot.tgz", "debian-boot.tgz.build.json", "debian-boot.tgz.manifest",
+        "locale.cfg", "logs"]
 
 
 @pytest.mark.root

@@ -195,7 +195,7 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
                    commands=["echo bootstrapped > /etc/motd"], progress=False)
     res = mc.build(f"bootstrap:{suite}", out, **options)  # type: ignore[arg-type]
     assert res.source == f"bootstrap {suite}"
-    assert [s for s, _ in res.steps][:3] == ["check", "bootstrap", "extract"]
+    assert [s for s, _ in res.steps][:4] == ["check", "fetch", "bootstrap", "extract"]
     members = tar_members(out)
     assert tar_read(out, "etc/motd") == b"bootstrapped\n"
     assert members["etc/debian_version"].uid == 0 and members["etc/debian_version"].gid == 0

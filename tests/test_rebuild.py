@@ -65,6 +65,7 @@ def test_if_changed_skips_an_unchanged_image_and_says_why_it_builds_a_changed_on
 
         changed = mc.build("noble", out, if_changed=True, **{**kw, "level": 2})
         assert changed.reasons == ("the recipe changed (level)",)
+        assert "extract" not in changed.durations  # a changed recipe: no time in extract
 
         site.publish("20260201")
         site.log.clear()

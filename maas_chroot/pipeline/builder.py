@@ -187,10 +187,12 @@ class _Build:
 
     def _source(self, plan: SourcePlan) -> _Source:
         """Fetch the source (cached: a conditional GET of its SHA256SUMS), or read what
-        it is now, without building anything."""
+        it is now (a local archive's sha256, a mirror's Release file): the ``fetch`` step,
+        which builds nothing."""
         spec, describe = self.spec, plan.describe()
         if plan.bootstrap is not None:
-            release = bootstrap.release_of(plan.bootstrap)
+            with self.steps(Step.FETCH):  # the mirror's Release file: one small GET
+                release = bootstrap.release_of(plan.bootstrap)
             inputs: dict[str, Any] = dataclasses.asdict(plan.bootstrap)
             if plan.bootstrap.keyring and os.path.isfile(plan.bootstrap.keyring):
                 inputs["keyring_sha256"] = file_sha256(Path(plan.bootstrap.keyring))
@@ -205,7 +207,8 @@ class _Build:
                                              verified="none (a directory)"))
         image = plan.image
         if image is None:  # a local archive, taken as it is
-            sha = file_sha256(plan.path)
+            with self.steps(Step.FETCH):
+                sha = file_sha256(plan.path)
             return _Source(plan.path, SourceState(describe, plan.value, identity=sha,
                                                   verified="none (a local file)", sha256=sha))
         with self.steps(Step.FETCH):
