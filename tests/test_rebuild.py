@@ -125,13 +125,20 @@ def test_a_warm_build_is_byte_identical_to_a_cold_one_and_leaves_the_base_as_it_
     base = cache / basecache.DIR / basecache.key_of(first_sha(minbase_tar))
     before = tree_state(base), tree_xattrs(base)
     warm = _build(minbase_tar, tmp_path / "warm.tgz", cache, **steps)
-    assert cold.sha256 == first.sha256 == warm.sha256
+    odd = tmp_path / "no,overlay"  # a work dir overlayfs cannot take: a copy of the base
+    odd.mkdir()
+    copied = _build(minbase_tar, odd / "copied.tgz", cache, **steps)
+    assert "copy" in copied.durations and "extract" not in copied.durations
+    assert cold.sha256 == first.sha256 == warm.sha256 == copied.sha256
     assert (tmp_path / "cold.tgz").read_bytes() == (tmp_path / "warm.tgz").read_bytes()
     assert "extract" in cold.durations and "extract" in first.durations
     assert "extract" not in warm.durations  # no time in extract
     assert (tree_state(base), tree_xattrs(base)) == before
     assert (base / "etc/issue.net").exists() and not (base / "usr/games-moved").exists()
     assert os.stat(base / "etc/hostname").st_nlink == 1
+    assert sorted(p.name for p in odd.iterdir()) == ["copied.tgz", "copied.tgz.build.json",
+                                                     "copied.tgz.manifest"]
+    rootfs.remove_tree(odd)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "app.conf", "cache", "cold.tgz", "cold.tgz.build.json", "cold.tgz.manifest",
         "first.tgz", "first.tgz.build.json", "first.tgz.manifest", "warm.tgz",

@@ -9,9 +9,10 @@ The CLI, a recipe and Python callers fill the same :class:`BuildSpec` (its field
 The rootfs of a build from an archive (a cloud image, a URL, a local archive, a
 bootstrap tarball) is, by default, a copy-on-write overlay of the archive extracted once
 into the cache (:mod:`.basecache`, :mod:`maas_chroot.chroot.overlay`): the second build
-from a source extracts nothing. ``keep_rootfs``, directory sources and
-``base_cache=False`` extract (or copy) into the work directory, as does a machine where
-overlayfs cannot be mounted.
+from a source extracts nothing. Where overlayfs cannot be mounted, the build copies the
+cached tree (``cp --reflink=auto``: reflinks where the filesystem has them).
+``keep_rootfs``, directory sources and ``base_cache=False`` extract (or copy) into the
+work directory.
 
 Work happens in a temporary directory (under ``workdir``, default ``/var/tmp``) that is
 removed on success and on failure with :func:`maas_chroot.rootfs.remove_tree`, which
@@ -246,8 +247,11 @@ class _Build:
                 scratch.mkdir()
                 try:
                     return overlay.call(base, scratch, self._on_rootfs, stop=steps.stop), state
-                except OverlayUnavailable as e:
-                    log.warning("%s; extracting the source instead", e.message)
+                except OverlayUnavailable as e:  # a full copy (reflinked where it can be)
+                    log.warning("%s; copying the cached base instead", e.message)
+                    with steps(Step.COPY):
+                        root = plans.copy_tree(base, work / "rootfs", locked=False)
+                    return self._on_rootfs(root), state
         root = self._materialise(plan, archive_path, work)
         state = self._say_why(previous, state, root, content)
         return self._on_rootfs(root), state

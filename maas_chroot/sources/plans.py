@@ -18,6 +18,7 @@ kind of source touches this module and the step that materialises it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -177,14 +178,18 @@ def _local(path: str) -> SourcePlan:
     )
 
 
-def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Copy a rootfs directory with all its metadata (owners, modes, xattrs, hardlinks)."""
+def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+              locked: bool = True) -> Path:
+    """Copy a rootfs directory with all its metadata (owners, modes, xattrs, hardlinks).
+
+    ``locked=False`` for a tree no session ever uses (a cached base), which many builds
+    may copy at once."""
     s, d = os.fspath(src), os.fspath(dest)
     mounted = rootfs.mounts_under(s)
     if mounted:
         raise SourceError(f"cannot copy {s}: something is mounted below it ({mounted[0]})",
                           hint=f"unmount it first (umount -R {mounted[-1]})")
-    with lock.exclusive(s, "copy"):  # no session may change it while it is copied
+    with lock.exclusive(s, "copy") if locked else contextlib.nullcontext():
         if os.path.isdir(d) and not os.listdir(d):
             os.rmdir(d)
         # --archive keeps owners, modes, times, xattrs, ACLs and hardlinks; -x stays on one
