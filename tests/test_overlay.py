@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from maas_chroot.chroot import overlay
 from maas_chroot.errors import OverlayUnavailable
 
 pytestmark = pytest.mark.root
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _mounts(path: str) -> list[str]:
@@ -122,3 +124,30 @@ def test_a_path_overlayfs_cannot_take_is_refused(lower: Path, tmp_path: Path) ->
     with pytest.raises(OverlayUnavailable, match="cannot take the path"):
         overlay.call(lower, scratch, lambda root: None)
     assert list(scratch.iterdir()) == []
+
+
+def test_a_sigkilled_process_leaves_its_overlay_mounted_nowhere(lower: Path,
+                                                                  tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    code = ("import sys, time; from pathlib import Path; from maas_chroot.chroot import overlay;"
+            "overlay.call(Path(sys.argv[1]), Path(sys.argv[2]), "
+            "lambda root: (print('ready', flush=True), time.sleep(60)))")
+    with subprocess.Popen([sys.executable, "-c", code, str(lower), str(scratch)],
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        mine = [t for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                if str(scratch) in (t / "mountinfo").read_text()]
+        assert len(mine) == 1  # one thread sees it: the overlay's own
+        proc.kill()
+    merged = str(scratch / "rootfs")
+    seen = []
+    for info in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            if merged in info.read_text():
+                seen.append(info)
+        except OSError:
+            continue
+    assert seen == []
+    rootfs.remove_tree(scratch)
