@@ -21,9 +21,7 @@ from servers.tls import TestCA
 
 from maas_chroot import chroot, cli, rootfs
 from maas_chroot.chroot import manifest
-from maas_chroot.cli import verbs
 from maas_chroot.maas import Upload
-from maas_chroot.pipeline import BuildResult, BuildSpec
 
 SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --install jq "
         "--install tree -o focal-custom.tgz --upload custom/focal-custom "
@@ -31,21 +29,6 @@ SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --instal
 
 
 # --- parsing --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """Replace build() in the CLI by a recorder, and pretend to be root."""
-    calls: list[tuple[Any, ...]] = []
-
-    def fake_build(spec: BuildSpec, *, progress: bool | None = None,
-                   if_changed: bool = False) -> BuildResult:
-        calls.append((spec.source, spec.output, spec, if_changed))
-        return BuildResult(output=spec.output, size=1, sha256="0" * 64, source=str(spec.source))
-
-    monkeypatch.setattr(verbs, "build", fake_build)
-    monkeypatch.setattr(os, "geteuid", lambda: 0)
-    return calls
 
 
 def test_seed_one_liner_becomes_one_build_call(recorded_build: list[tuple[Any, ...]],

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import assert_one_clear_error, recorded_build, run_cli  # noqa: F401 - a fixture
+from fixtures import assert_one_clear_error, run_cli
 
 import maas_chroot as mc
 from maas_chroot import cli
@@ -210,7 +210,7 @@ def test_check_verb_lists_the_images_or_names_the_bad_line(tmp_path: Path) -> No
                                    "wbe"), "no image 'wbe'", "'web'")
 
 
-def test_flags_override_the_recipe(recorded_build: list[tuple[Any, ...]],  # noqa: F811
+def test_flags_override_the_recipe(recorded_build: list[tuple[Any, ...]],
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "motd.txt").write_text("hello\n")
     (tmp_path / "setup.sh").write_text("#!/bin/sh\n")
