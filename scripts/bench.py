@@ -186,7 +186,7 @@ def main() -> None:
 
         rows += bench_rebuild.bench(args.work, args.rounds)
     head = ("rootfs", "case", "tool", "time s", "time vs mc", "cpu s", "cpu vs mc",
-            "size MB", "peak RSS MB")
+            "size MB or note", "peak RSS MB")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, tuple("-" * w for w in widths), *rows]:
