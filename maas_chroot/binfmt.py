@@ -220,10 +220,20 @@ def _enable(arch: str | Arch, stack: contextlib.ExitStack) -> Emulation:
         run.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR])
         stack.callback(run.run, ["umount", BINFMT_DIR])
         log.info("mounted binfmt_misc on %s", BINFMT_DIR)
-    if not os.path.exists(os.path.join(BINFMT_DIR, a.handler)):
+    switch = os.path.join(BINFMT_DIR, "status")
+    if _read(switch).strip() == "disabled":  # binfmt_misc as a whole is switched off
+        _write(switch, "1")
+        stack.callback(_write, switch, "0")
+        log.info("switched binfmt_misc on (%s)", switch)
+    entry = os.path.join(BINFMT_DIR, a.handler)
+    if not os.path.exists(entry):
         run.run(["update-binfmts", "--enable", a.handler])
         stack.callback(run.run, ["update-binfmts", "--disable", a.handler])
         log.info("enabled the binfmt_misc handler %s", a.handler)
+    elif _read(entry).startswith("disabled"):  # registered, switched off: switch it on
+        _write(entry, "1")
+        stack.callback(_write, entry, "0")
+        log.info("switched the binfmt_misc handler %s on", a.handler)
     st = status(a)
     if not st.ok:
         raise EmulationError(f"{a.name} binaries still cannot run after enabling {a.handler}: "
@@ -253,6 +263,12 @@ def _compat(a: Arch, h: Arch) -> bool:
     ok = libc.personality(_PER_LINUX32) != -1  # EINVAL where the CPU has no AArch32 EL0
     libc.personality(old)
     return bool(ok)
+
+
+def _write(path: str, value: str) -> None:
+    """Write a binfmt_misc control value ("1" on, "0" off) to an entry or the status file."""
+    with open(path, "w", encoding="ascii") as f:
+        f.write(value)
 
 
 def _read(path: str) -> str:

@@ -9,8 +9,11 @@ the compression picked by GNU tar), never zstd.
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import os
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -88,6 +91,24 @@ def detect(head: bytes) -> str | None:
     if head.startswith(SQUASHFS_MAGIC):
         return SQUASHFS
     return "tar" if is_tar(head) else None
+
+
+_Inflater = Callable[[], "zlib._Decompress | bz2.BZ2Decompressor | lzma.LZMADecompressor"]
+_INFLATERS: Mapping[str, _Inflater] = MappingProxyType(
+    {"gzip": lambda: zlib.decompressobj(31), "bzip2": bz2.BZ2Decompressor,
+     "xz": lzma.LZMADecompressor})
+
+
+def inflate_head(kind: Compression, data: bytes, limit: int = 1024) -> bytes:
+    """The first ``limit`` bytes that ``data``, the head of a ``kind``-compressed file,
+    inflates to; b"" for a damaged stream or a compression Python cannot read (zstd)."""
+    make = _INFLATERS.get(kind.name)
+    if make is None:
+        return b""
+    try:
+        return bytes(make().decompress(data, limit))
+    except (zlib.error, OSError, lzma.LZMAError, EOFError):
+        return b""
 
 
 def read_head(path: str | os.PathLike[str], size: int = 512) -> bytes:

@@ -69,6 +69,16 @@ def ubuntu_releases() -> Mapping[str, str]:
     return MappingProxyType(known)
 
 
+def parse_os_release(text: str) -> dict[str, str]:
+    """``KEY=value`` lines (os-release(5), lsb-release) as a dict, quotes removed."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip("\"'")
+    return fields
+
+
 def codename_of(name: str) -> str | None:
     """The codename of a release given by codename or version (any case), or None."""
     key = str(name).strip().lower()

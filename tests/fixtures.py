@@ -59,6 +59,19 @@ def qemu_processes(parent: int | None = None, *, using: int | None = None) -> li
     return found
 
 
+def processes_naming(text: str) -> list[int]:
+    """PIDs of the processes whose command line contains ``text``."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) != os.getpid():
+            try:
+                if text in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(p.name))
+            except OSError:
+                continue
+    return found
+
+
 def scratch_files(under: Path) -> list[str]:
     """Deleted files below ``under`` that some process still holds open."""
     held = []

@@ -122,6 +122,25 @@ def test_a_tgz_says_its_architecture_by_its_programs(tmp_path: Path) -> None:
     assert names.sniff_arch(tgz, "ddraw") is None
 
 
+def test_a_big_boot_dir_first_does_not_hide_the_architecture(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    # members come sorted: an initrd that does not compress comes before usr/bin
+    tgz = tmp_path / "img.tgz"
+    with tarfile.open(tgz, "w:gz", compresslevel=1) as tar:
+        for name, data in (("./boot/initrd.img-6.8", os.urandom(3 << 20)),
+                           ("./usr/bin/dash", ARM64.elf_header() + b"\0" * 64)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert names.sniff_arch(tgz, "tgz", required=True) == "arm64"
+    monkeypatch.setattr(names, "_SNIFF_BUDGET", 1 << 20)  # as if /boot held 600 MB
+    assert names.sniff_arch(tgz, "tgz") is None
+    with pytest.raises(mc.ImageNameError, match="no program found in the first 1 MiB") as err:
+        names.sniff_arch(tgz, "tgz", required=True)
+    assert "architecture=" in (err.value.hint or "")
+
+
 # --- binfmt_misc, from a fake /proc/sys/fs/binfmt_misc ---------------------------------------
 
 

@@ -104,6 +104,25 @@ def test_an_upload_architecture_the_source_contradicts_fails_before_the_build(
         assert fake.log == []
 
 
+@pytest.mark.root
+def test_a_registered_but_switched_off_handler_is_switched_back_on(
+        arm64_emulation: binfmt.Emulation) -> None:
+    if arm64_emulation.native:
+        pytest.skip("arm64 runs natively here")
+    entry = Path(binfmt.BINFMT_DIR) / arm64_emulation.handler
+    entry.write_text("0")  # the kernel's own switch: the handler stays registered
+    try:
+        assert "registered but disabled" in (binfmt.status("arm64").problem or "")
+        with binfmt.enabled("arm64") as st:
+            assert st.ok and st.handler == arm64_emulation.handler
+            assert entry.read_text().startswith("enabled")
+        # undone: only what enabled() did, so the handler is off again
+        assert entry.read_text().startswith("disabled")
+    finally:
+        entry.write_text("1")
+    assert binfmt.status("arm64").ok
+
+
 # --- an arm64 image, emulated ---------------------------------------------------------------
 
 

@@ -328,6 +328,21 @@ def test_server_refuses_reserved_names_with_maas_message(fake: FakeMaas) -> None
     assert "name: focal is a reserved name" in str(e.value)
 
 
+@pytest.mark.parametrize("version", ["3.4", "3.6", "3.8"])
+def test_every_name_maas_reserves_is_refused_before_sending(tmp_path: Path,
+                                                            version: str) -> None:
+    # the fake's reserved names come from its own stream and registry (servers/maas.py),
+    # not from the client's tables: a name MAAS refuses must never reach MAAS
+    with serve(tmp_path / "maas", version=version) as f:
+        reserved = sorted(f.reserved_names)
+    assert {"noble", "uefi", "pxe", "8", "centos70", "grub-efi-signed", "windows"} <= \
+        set(reserved)
+    for name in reserved:
+        bare = name.split("/")[-1]
+        with pytest.raises(ImageNameError, match="is a reserved name"):
+            mm.validate_name(f"custom/{bare}")
+
+
 def test_filetype_from_magic_bytes(tmp_path: Path) -> None:
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w") as t:
@@ -488,6 +503,18 @@ def test_list_get_delete(fake: FakeMaas, tmp_path: Path) -> None:
     with pytest.raises(MaasApiError) as e:
         c.get(res.id)
     assert e.value.status == 404 and "No BootResource matches the given query." in str(e.value)
+
+
+def test_delete_by_id_never_deletes_a_synced_image(fake: FakeMaas) -> None:
+    noble = fake.add_synced("ubuntu/noble")
+    c = client(fake)
+    with pytest.raises(MaasApiError, match=f"boot resource {noble} is ubuntu/noble "
+                       r"amd64/generic \(Synced\), not a custom image"):
+        c.delete(noble)
+    assert noble in fake.resources
+    assert [r.id for r in c.boot_resources(type="synced")] == [noble]
+    assert c.images() == []  # custom images only
+    assert not any(e.method == "DELETE" for e in fake.log)
 
 
 # --- memory ------------------------------------------------------------------------------

@@ -168,6 +168,10 @@ def test_bad_arguments_fail_in_the_check_step_before_any_work(minbase_tar: Path,
         ({"in_place": True}, "needs a rootfs directory"),
         ({"keep_rootfs": tmp_path / "k", "output": tmp_path / "k/o.tgz"}, "inside the rootfs"),
         ({"workdir": tmp_path / "missing"}, "does not exist"),
+        ({"boot_test": {"accel": "kvmm"}}, "accel must be one of auto, kvm, tcg, not 'kvmm'"),
+        ({"boot_test": {"boots": 0}}, "boots must be a whole number"),
+        ({"boot_test": {"log_dir": tmp_path / "missing"}}, "is not a directory"),
+        ({"boot_test": {"colour": True}}, "unknown boot_test option(s): colour"),
     ]
     for kwargs, needle in cases:
         args = {"output": tmp_path / "o.tgz", "workdir": tmp_path, **kwargs}
@@ -175,6 +179,12 @@ def test_bad_arguments_fail_in_the_check_step_before_any_work(minbase_tar: Path,
             mc.build(minbase_tar, **args)  # type: ignore[arg-type]
         assert exc.value.step == "check", kwargs
         assert needle in exc.value.message, (needle, exc.value.message)
+        if "boot_test" in kwargs:
+            assert isinstance(exc.value.__cause__, mc.SpecError)
+            assert exc.value.__cause__.key == "boot_test"
+    with pytest.raises(mc.BuildError, match="boots amd64 images only") as exc:
+        mc.build("bootstrap:bookworm", tmp_path / "o.tgz", arch="arm64", boot_test=True)
+    assert exc.value.step == "check"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "k"]
     assert list((tmp_path / "k").iterdir()) == []
 

@@ -293,3 +293,26 @@ def test_exclusive_refuses_a_stale_journal(tmp_path: Path) -> None:
           lock.exclusive(tmp_path, "pack")):
         pass
     assert "recover(" in str(e.value)
+
+
+def test_kernels_are_regular_vmlinuz_files_newest_last(tmp_path: Path) -> None:
+    assert rootfs.kernels(tmp_path) == []  # no /boot at all
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    for name in ("vmlinuz-6.1.0-10-amd64", "vmlinuz-6.1.0-9-amd64", "vmlinux-6.12.1",
+                 "config-6.1.0-9-amd64", "vmlinuz-"):
+        (boot / name).write_bytes(b"k")
+    (boot / "vmlinuz").symlink_to("vmlinuz-6.1.0-10-amd64")  # Debian's link: not a version
+    (boot / "vmlinuz-6.99-link").symlink_to("/etc/passwd")  # a link, never followed
+    assert rootfs.kernels(tmp_path) == ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.12.1"]
+
+
+def test_os_release_falls_back_to_usr_lib_and_never_opens_a_fifo(tmp_path: Path) -> None:
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "usr/lib/os-release").write_text('ID=debian\nVERSION_CODENAME="bookworm"\n')
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/os-release").symlink_to("../usr/lib/os-release")
+    assert rootfs.os_release(tmp_path)["VERSION_CODENAME"] == "bookworm"
+    (tmp_path / "etc/os-release").unlink()
+    os.mkfifo(tmp_path / "etc/os-release")
+    assert rootfs.os_release(tmp_path) == {"ID": "debian", "VERSION_CODENAME": "bookworm"}

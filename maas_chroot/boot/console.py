@@ -8,6 +8,7 @@ mount, no init, the initramfs's rescue shell, or systemd's emergency mode.
 
 from __future__ import annotations
 
+import collections
 import re
 from dataclasses import dataclass
 
@@ -64,22 +65,45 @@ def fatal(line: str) -> Failure | None:
     return None
 
 
+#: Bytes of console output without a newline that make a line anyway.
+MAX_LINE = 4096
+
+
 class Console:
-    """The lines of one guest's console, with their arrival times (seconds since start)."""
+    """The lines of one guest's console, with their arrival times (seconds since start).
+
+    It keeps the first :data:`HEAD` lines and the last :data:`TAIL`: a guest that floods
+    its console for the whole timeout costs a bounded amount of memory.
+    """
+
+    HEAD = 5000
+    TAIL = 5000
 
     def __init__(self) -> None:
-        self.lines: list[tuple[float, str]] = []
+        self.head: list[tuple[float, str]] = []
+        self.tail: collections.deque[tuple[float, str]] = collections.deque(maxlen=self.TAIL)
+        self.dropped = 0
         self.milestones: dict[str, float] = {}
         self.failure: Failure | None = None
         self.failure_line: str | None = None
         self.ended: float | None = None  # when the console closed (QEMU exited)
         self._pending = b""
+        self._failure_partial = False
+
+    @property
+    def lines(self) -> list[tuple[float, str]]:
+        return [*self.head, *self.tail]
 
     def feed(self, data: bytes, at: float) -> None:
         self._pending += data
         *complete, self._pending = self._pending.split(b"\n")
         for raw in complete:
             self.add(raw.decode("utf-8", "replace").rstrip("\r"), at)
+        if len(self._pending) > MAX_LINE:  # no newline for too long: a line of its own
+            self.flush(at)
+        elif self._pending:  # a prompt ("login: ", "(initramfs) ") ends in no newline
+            self._scan(_ANSI.sub("", self._pending.decode("utf-8", "replace")), at,
+                       partial=True)
 
     def flush(self, at: float) -> None:
         if self._pending:
@@ -88,23 +112,35 @@ class Console:
 
     def add(self, line: str, at: float) -> None:
         clean = _ANSI.sub("", line)
-        self.lines.append((at, clean))
+        if len(self.head) < self.HEAD:
+            self.head.append((at, clean))
+        else:
+            self.dropped += len(self.tail) == self.TAIL
+            self.tail.append((at, clean))
+        self._scan(clean, at, partial=False)
+
+    def _scan(self, text: str, at: float, *, partial: bool) -> None:
         for name, pattern in MILESTONES:
-            if name not in self.milestones and pattern.search(clean):
+            if name not in self.milestones and pattern.search(text):
                 self.milestones[name] = round(at, 2)
         if self.failure is None:
-            found = fatal(clean)
+            found = fatal(text)
             if found is not None:
-                self.failure, self.failure_line = found, clean.strip()
+                self.failure, self.failure_line = found, text.strip()
+                self._failure_partial = partial
+        elif self._failure_partial and not partial:  # the whole line of the prompt seen first
+            self.failure_line, self._failure_partial = text.strip(), False
 
     def text(self) -> str:
-        return "".join(f"[{at:7.2f}] {line}\n" for at, line in self.lines)
+        gap = f"[ ... {self.dropped} console lines dropped ... ]\n" if self.dropped else ""
+        head = "".join(f"[{at:7.2f}] {line}\n" for at, line in self.head)
+        return head + gap + "".join(f"[{at:7.2f}] {line}\n" for at, line in self.tail)
 
     def quote(self, *, around: str | None = None, count: int = 8) -> tuple[str, ...]:
         """Console lines to quote in an error: those around ``around``, else the last ones."""
-        texts = [line for _, line in self.lines if line.strip()]
-        if around is not None and around in texts:
-            i = texts.index(around)
+        texts = [line.strip() for _, line in self.lines if line.strip()]
+        if around is not None and around.strip() in texts:
+            i = texts.index(around.strip())
             return tuple(texts[max(0, i - count + 2): i + 2])
         return tuple(texts[-count:])
 

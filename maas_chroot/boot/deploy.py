@@ -32,9 +32,11 @@ from pathlib import Path
 
 from .. import formats, rootfs, run
 from ..chroot import Chroot
-from ..errors import ArchiveError, BootTestError, CommandError
+from ..chroot.netns import dying_with_us
+from ..errors import ArchiveError, BootTestError, CommandError, tail
 from ..rootfs.walk import ENTRY, walk
 from . import guest
+from .options import ARCHES
 from .scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,8 @@ FSTAB = ("# / was on /dev/vda1 during curtin installation\n"
 FSTYPE_HINT = "/etc/initramfs-tools/conf.d/zz-maas-chroot-root-fstype"
 PARTITION_START = 2048  # sectors: the partition starts at 1 MiB, as curtin aligns it
 SECTOR = 512
-MAAS_WORDS = {"cloud-init": "cloud-init not detected, MAAS will not be able to configure "
-                            "this machine properly",
-              "netplan": "netplan not detected, MAAS will not be able to configure this "
-                         "machine properly"}
+#: MAAS's words when a late_command fails (``get_custom_image_dependency_validation``).
+MAAS_WORDS = "not detected, MAAS will not be able to configure this machine properly"
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,8 @@ class LateCommand:
         """Why MAAS would fail the deployment, or None when the command succeeded."""
         if self.returncode == 0:
             return None
-        words = MAAS_WORDS["netplan" if self.argv[0] == "netplan" else "cloud-init"]
         return (f"MAAS would fail this deployment because `{' '.join(self.argv)}` fails in the "
-                f"target (exit {self.returncode}): {words}")
+                f"target (exit {self.returncode}): {self.argv[0]} {MAAS_WORDS}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,8 @@ class Staged:
     baked_machine_id: str | None
     tree_bytes: int
     times: dict[str, float] = field(default_factory=dict)
+    root_mode: int = 0o755  # of the image's top directory (curtin's tar -p applies it)
+    root_owner: tuple[int, int] = (0, 0)
 
 
 def check_image(image: Path) -> str:
@@ -93,10 +94,16 @@ def check_image(image: Path) -> str:
     if not image.is_file():
         raise ArchiveError(f"cannot boot-test {image}: no such file", path=image,
                            hint="give the packed image (maas-chroot build -o FILE)")
-    found = formats.detect(formats.read_head(image))
+    head = formats.read_head(image, 64 * 1024)
+    found = formats.detect(head)
     kind = formats.compression(found) if found else None
     if kind is not None and kind.curtin:
-        return kind.name
+        if formats.is_tar(formats.inflate_head(kind, head)):
+            return kind.name
+        raise ArchiveError(f"cannot boot-test {image}: it is {kind.name} data that holds no tar "
+                           "(a disk image, or a damaged file?)", path=image,
+                           hint="the boot test takes a root tarball (tgz, tbz, txz); a disk "
+                                "image (ddgz...) is deployed by curtin without a tar")
     if kind is not None:
         why, hint = (f"it is a {kind.name} tar, which curtin cannot unpack",
                      "repack it with gzip: maas-chroot pack ROOT OUT.tgz")
@@ -116,13 +123,26 @@ def stage(image: Path, root: Path, *, kernel: str | None, progress: bool | None)
     run MAAS's late_commands there. :func:`finish` then builds the initramfs."""
     times: dict[str, float] = {}
     start = time.monotonic()
-    run.run(["tar", *CURTIN_TAR, image, "--numeric-owner", "-C", root])
+    try:
+        run.run(dying_with_us(["tar", *CURTIN_TAR, os.fspath(image), "--numeric-owner", "-C",
+                               os.fspath(root)]))
+    except CommandError as e:
+        raise ArchiveError(f"curtin's tar cannot unpack {image}: {tail(e.stderr, 5)}",
+                           path=image, hint="the file is damaged or not a root tarball; "
+                                            "pack it again") from e
     times["extract"] = time.monotonic() - start
+    _check_rootfs(image, root)
+    arch = rootfs.image_arch(root)
+    if arch is not None and arch.name not in ARCHES:
+        raise BootTestError(f"{image} is an {arch.name} image; the boot test boots "
+                            f"{', '.join(ARCHES)} images only (qemu-system-x86_64)",
+                            reason="arch", hint="upload it without a boot test, or boot-test "
+                                                "the amd64 build of the same recipe")
     tree = _tree_bytes(root)
-    os_release = _os_release(root)
+    os_release = rootfs.os_release(root)
     baked = _baked_machine_id(root)
     guest_files(root, uuid="00000000-0000-0000-0000-000000000000")  # make_disk sets the UUID
-    found = _kernels(root)
+    found = rootfs.kernels(root)
     source = "the image's own"
     with Chroot(root, network="host" if not found else "none") as ch:
         if not found:
@@ -130,40 +150,52 @@ def stage(image: Path, root: Path, *, kernel: str | None, progress: bool | None)
             pkg = kernel or _default_kernel(os_release)
             source = f"{pkg}, installed into the deployed copy as curtin does"
             _install_kernel(ch, image, pkg, progress)
-            found = _kernels(root)
+            found = rootfs.kernels(root)
             times["kernel"] = time.monotonic() - start
             if not found:
                 raise BootTestError(f"installing {pkg} in the deployed copy of {image} gave no "
                                     "/boot/vmlinuz-*", reason="no-kernel",
                                     hint="pass the kernel package of this distribution "
                                          "(kernel='linux-image-amd64', --kernel PKG)")
-        late = tuple(_late(ch, argv) for argv in (("cloud-init", "--version"),
-                                                  ("netplan", "info")))
+        late = tuple(_late(ch, command) for command in late_commands(os_release))
     version = found[-1]
+    top = os.stat(root)
+    compressed = rootfs.lstat(root, f"/boot/vmlinuz-{version}") is not None
     return Staged(root=root, os_name=os_release.get("PRETTY_NAME", "unknown"),
-                  kernel_version=version, kernel=f"/boot/vmlinuz-{version}",
+                  kernel_version=version,
+                  kernel=f"/boot/vmlinu{'z' if compressed else 'x'}-{version}",
                   kernel_source=source, late_commands=late,
                   curtin_errors=_initramfs_tool_missing(root, found),
-                  baked_machine_id=baked, tree_bytes=tree, times=times)
+                  baked_machine_id=baked, tree_bytes=tree, times=times,
+                  root_mode=stat.S_IMODE(top.st_mode), root_owner=(top.st_uid, top.st_gid))
 
 
-def finish(staged: Staged) -> str | None:
+def finish(staged: Staged) -> tuple[str | None, tuple[str, ...]]:
     """curtin's last curthook: the initramfs, built now that the fstab names the root.
 
-    Returns the in-root path of the initrd to boot with (None: the kernel boots alone).
+    Returns the in-root path of the initrd to boot with (None: the kernel boots alone),
+    and curtin's error when update-initramfs fails (curtin fails that deployment).
     """
     start = time.monotonic()
-    root, versions = staged.root, _kernels(staged.root)
+    root, versions = staged.root, rootfs.kernels(staged.root)
+    errors: tuple[str, ...] = ()
     if rootfs.lstat(root, "/usr/sbin/update-initramfs") is not None:
         with Chroot(root, network="none") as ch:
             ch.temporary_file(FSTYPE_HINT, "FSTYPE=ext4\n")
             for version in versions:
                 has = rootfs.lstat(root, f"/boot/initrd.img-{version}") is not None
-                ch.run(["update-initramfs", "-u" if has else "-c", "-k", version],
-                       capture=True)
+                argv = ["update-initramfs", "-u" if has else "-c", "-k", version]
+                try:
+                    ch.run(argv, capture=True)
+                except CommandError as e:
+                    errors += (f"curtin would fail this deployment: `{' '.join(argv)}` fails "
+                               f"in the target (exit {e.returncode}): {tail(e.stderr, 3)}",)
         staged.times["initramfs"] = time.monotonic() - start
-    initrd = f"/boot/initrd.img-{staged.kernel_version}"
-    return initrd if rootfs.lstat(root, initrd) is not None else None
+    version = staged.kernel_version
+    # initramfs-tools (and Debian's dracut) name it initrd.img-V; Fedora's dracut initramfs-V.img
+    initrd = next((p for p in (f"/boot/initrd.img-{version}", f"/boot/initramfs-{version}.img")
+                   if rootfs.lstat(root, p) is not None), None)
+    return initrd, errors
 
 
 def guest_files(root: Path, *, uuid: str) -> None:
@@ -181,14 +213,22 @@ def make_disk(staged: Staged, disk: Scratch, *, uuid: str, size: int) -> None:
     rootfs.write_file(staged.root, "/etc/fstab", FSTAB.format(uuid=uuid), mode=0o644)
     os.ftruncate(disk.fd, 0)
     os.ftruncate(disk.fd, size)
-    run.run(["sfdisk", "--quiet", disk.path],
+    run.run(dying_with_us(["sfdisk", "--quiet", disk.path]),
             input=f"label: dos\nstart={PARTITION_START}, type=83\n")
-    table = json.loads(run.run(["sfdisk", "--json", disk.path], capture=True).stdout)
+    table = json.loads(run.run(dying_with_us(["sfdisk", "--json", disk.path]),
+                               capture=True).stdout)
     part = table["partitiontable"]["partitions"][0]
     blocks = int(part["size"]) * SECTOR // 4096
-    run.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", staged.root,
-             "-E", f"offset={int(part['start']) * SECTOR}", "-U", uuid, "-L", "rootfs",
-             disk.path, str(blocks)])
+    run.run(dying_with_us(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d",
+                           os.fspath(staged.root), "-E",
+                           f"offset={int(part['start']) * SECTOR}", "-U", uuid, "-L", "rootfs",
+                           disk.path, str(blocks)]))
+    # mke2fs -d makes / 0755 root:root whatever the tree's top is; curtin's tar -p gives
+    # the deployed / the image's own mode and owner: so does the disk.
+    uid, gid = staged.root_owner
+    run.run(dying_with_us(["debugfs", "-w", "-f", "-", _device(disk)]),
+            input=f"sif / mode 0{stat.S_IFDIR | staged.root_mode:o}\nsif / uid {uid}\n"
+                  f"sif / gid {gid}\n", capture=True)
 
 
 def disk_size(staged: Staged) -> int:
@@ -197,11 +237,15 @@ def disk_size(staged: Staged) -> int:
     return max(4096 * mib, -(-(2 * staged.tree_bytes + 1024 * mib) // mib) * mib)
 
 
+def _device(disk: Scratch) -> str:
+    """The disk's root filesystem, as e2fsprogs tools name it (no loop device)."""
+    return f"{disk.path}?offset={PARTITION_START * SECTOR}"
+
+
 def read_disk(disk: Scratch, path: str) -> bytes | None:
     """The content of ``path`` on the disk's root filesystem (read with debugfs, no mount)."""
-    device = f"{disk.path}?offset={PARTITION_START * SECTOR}"
-    done = run.run(["debugfs", "-R", f"cat {path}", device], capture=True, check=False,
-                   text=False)
+    done = run.run(dying_with_us(["debugfs", "-R", f"cat {path}", _device(disk)]),
+                   capture=True, check=False, text=False)
     err = done.stderr.decode("utf-8", "replace") if done.stderr else ""
     if done.returncode != 0 or "File not found" in err:
         return None
@@ -210,8 +254,8 @@ def read_disk(disk: Scratch, path: str) -> bytes | None:
 
 def list_disk(disk: Scratch, directory: str) -> list[str]:
     """The names in ``directory`` on the disk's root filesystem."""
-    device = f"{disk.path}?offset={PARTITION_START * SECTOR}"
-    done = run.run(["debugfs", "-R", f"ls -p {directory}", device], capture=True, check=False)
+    done = run.run(dying_with_us(["debugfs", "-R", f"ls -p {directory}", _device(disk)]),
+                   capture=True, check=False)
     names = []
     for line in (done.stdout or "").splitlines():
         fields = line.strip().split("/")
@@ -221,37 +265,6 @@ def list_disk(disk: Scratch, directory: str) -> list[str]:
 
 
 # --- inside the staging tree ---------------------------------------------------------------
-
-
-def _kernels(root: Path) -> list[str]:
-    """Kernel versions with a regular /boot/vmlinuz-VERSION file, oldest first."""
-    try:
-        fd = rootfs.open_in_root(root, "/boot", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return []
-    try:
-        names = os.listdir(fd)
-        found = [n.removeprefix("vmlinuz-") for n in names if n.startswith("vmlinuz-")
-                 and stat.S_ISREG(os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode)]
-    finally:
-        os.close(fd)
-    return sorted(found, key=_version_key)
-
-
-def _version_key(version: str) -> list[tuple[int, str]]:
-    parts = version.replace("-", ".").split(".")
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in parts]
-
-
-def _os_release(root: Path) -> dict[str, str]:
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            text = rootfs.read_file(root, path).decode("utf-8", "replace")
-        except OSError:
-            continue
-        pairs = (line.partition("=") for line in text.splitlines())
-        return {k.strip(): v.strip().strip("\"'") for k, sep, v in pairs if sep}
-    return {}
 
 
 def _default_kernel(os_release: dict[str, str]) -> str:
@@ -278,26 +291,56 @@ def _install_kernel(ch: Chroot, image: Path, pkg: str, progress: bool | None) ->
 
 
 def _initramfs_tool_missing(root: Path, versions: list[str]) -> tuple[str, ...]:
-    """curtin's error for kernels without initramfs and nothing to build one."""
-    if rootfs.lstat(root, "/usr/sbin/update-initramfs") is not None or \
-            all(rootfs.lstat(root, f"/boot/initrd.img-{v}") is not None for v in versions):
+    """curtin's error (``curthooks.update_initramfs``) for kernels with neither
+    update-initramfs nor dracut in the target (it leaves a dracut target alone)."""
+    tools = ("/usr/sbin/update-initramfs", "/usr/bin/dracut", "/usr/sbin/dracut")
+    if any(_which(root, tool) for tool in tools):
         return ()
     return (f"curtin would fail this deployment: the image has the kernel {versions[-1]} but "
-            "no update-initramfs (or dracut) to build its initramfs "
-            "(curthooks.update_initramfs); install initramfs-tools",)
+            "neither update-initramfs nor dracut (curthooks.update_initramfs: \"cannot update "
+            "the initramfs\"); install initramfs-tools",)
 
 
-def _late(ch: Chroot, argv: tuple[str, ...]) -> LateCommand:
-    done = ch.run(list(argv), check=False, capture=True)
+def _which(root: Path, path: str) -> bool:
+    st = rootfs.lstat(root, path)
+    return st is not None and (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))
+
+
+#: MAAS's base OS of a custom image (``base_image``; Ubuntu when none is given) by the image's
+#: os-release ``ID``: the key of ``DEPS_PER_OS`` in canonical/maas ``src/maasserver/preseed.py``.
+_BASE_OS = {"centos": "centos", "rocky": "centos", "almalinux": "centos", "rhel": "rhel",
+            "ol": "ol", "sles": "suse", "opensuse-leap": "suse", "opensuse-tumbleweed": "suse"}
+#: The programs MAAS checks for each base OS (``DEPS_PER_OS``).
+_DEPS = {"ubuntu": ("cloud-init --version", "netplan info")}
+
+
+def late_commands(os_release: dict[str, str]) -> tuple[str, ...]:
+    """The late_commands MAAS adds for a custom image, as the shell lines it runs
+    (``get_custom_image_dependency_validation``): ``cloud-init --version`` always, and
+    ``netplan info`` when the base OS is Ubuntu (the default)."""
+    base = _BASE_OS.get(os_release.get("ID", ""), "ubuntu")
+    return tuple(f'{cmd} || (echo "{cmd.split()[0]} {MAAS_WORDS}" && exit 1)'
+                 for cmd in _DEPS.get(base, ("cloud-init --version",)))
+
+
+def _late(ch: Chroot, command: str) -> LateCommand:
+    # MAAS runs them as `curtin in-target -- bash -c '...'`: without bash they fail too.
+    done = ch.run(["bash", "-c", command], check=False, capture=True)
     output = "\n".join(p.strip() for p in (done.stdout, done.stderr) if p and p.strip())
-    return LateCommand(argv, done.returncode, output)
+    return LateCommand(tuple(command.split(" || ", 1)[0].split()), done.returncode, output)
+
+
+def _check_rootfs(image: Path, root: Path) -> None:
+    missing = [p for p in ("/etc", "/usr", "/bin/sh") if rootfs.lstat(root, p) is None]
+    if missing:
+        raise ArchiveError(f"{image} does not hold a root filesystem (no {', '.join(missing)})",
+                           path=image, hint="give a TGZ packed from a whole rootfs "
+                                            "(maas-chroot build or pack)")
 
 
 def _baked_machine_id(root: Path) -> str | None:
-    try:
-        value = rootfs.read_file(root, "/etc/machine-id", follow=False).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
+    data = rootfs.read_regular_head(root, "/etc/machine-id", 4096)
+    value = data.decode("utf-8", "replace").strip() if data is not None else ""
     return value if value and value != "uninitialized" else None
 
 

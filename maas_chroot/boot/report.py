@@ -86,8 +86,10 @@ class BootRun:
 
     @property
     def host_keys(self) -> tuple[str, ...]:
-        """The SSH host key fingerprints the guest generated (``ssh-keygen -l`` lines)."""
-        return tuple(str(k) for k in self.guest.get("ssh_host_keys") or ())
+        """The SSH host key fingerprints the guest generated: the ``SHA256:...`` field of its
+        ``ssh-keygen -l`` lines (the comment, ``root@<hostname>``, is no part of the key)."""
+        fields = (str(line).split() for line in self.guest.get("ssh_host_keys") or ())
+        return tuple(f[1] if len(f) > 1 else f[0] for f in fields if f)
 
     @property
     def address(self) -> str | None:
@@ -147,7 +149,8 @@ class BootRun:
                                f"power-off is {self.disk_machine_id!r}, not a new id"))
         if not self.host_keys or not self.disk_host_keys:
             out.append(Problem("not-unique", f"{where}: no SSH host keys were generated"))
-        if self.guest.get("hostname") != self.seed.hostname:
+        # the short name: cloud-init sets the FQDN instead on distros that prefer it
+        if str(self.guest.get("hostname") or "").split(".")[0] != self.seed.hostname:
             out.append(Problem("seed-not-applied", f"{where}: the hostname is "
                                f"{self.guest.get('hostname')!r}, not the seed's "
                                f"{self.seed.hostname!r}"))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .. import progress as _progress
 from .. import rootfs, run
-from ..errors import ArgumentError, BootTestError, PrivilegeError
-from . import deploy, qemu, scratch
+from ..errors import BootTestError, PrivilegeError
+from . import deploy, options, qemu, scratch
 from .console import Console
 from .guest import REPORT_TAG
 from .report import DATASOURCE_NOTE, SKIPPED_NOTE, TCG_NOTE, BootReport, BootRun, Problem
@@ -58,14 +58,14 @@ def boot_test(image: str | os.PathLike[str], *, kernel: str | None = None,
     Returns the :class:`BootReport`; with ``check`` (the default) a failed check raises
     :class:`~maas_chroot.errors.BootTestError` with the reason and the report.
     """
+    options.check(kernel=kernel, timeout=timeout, memory=memory, accel=accel, boots=boots,
+                  fail_fast=fail_fast, workdir=workdir, log_dir=log_dir)
     path = Path(os.fspath(image)).absolute()
     deploy.check_image(path)
     if os.geteuid() != 0:
         raise PrivilegeError("a boot test needs root (it deploys the image with its owners "
                              "and device nodes, and chroots into it)",
                              hint="run it as root, e.g. with sudo")
-    if not isinstance(boots, int) or boots < 1:
-        raise ArgumentError(f"boots must be a whole number of at least 1, not {boots!r}")
     _check_tools()
     work = Path(os.fspath(workdir)) if workdir is not None else DEFAULT_WORKDIR
     logs = Path(os.fspath(log_dir)) if log_dir is not None else path.parent
@@ -85,7 +85,12 @@ def boot_test(image: str | os.PathLike[str], *, kernel: str | None = None,
             booting = not (fail_fast and extra)
             initrd = None
             if booting:
-                initrd = deploy.finish(staged)
+                initrd, errors = deploy.finish(staged)
+                extra += [Problem("curtin", e, hint="see update-initramfs's error: a hook or "
+                                                    "the kernel's modules are broken")
+                          for e in errors]
+                booting = not (fail_fast and errors)
+            if booting:
                 _copy_out(root, staged.kernel, kernel_file)
                 if initrd is not None:
                     _copy_out(root, initrd, initrd_file)
@@ -120,6 +125,14 @@ def _deploy_problems(staged: deploy.Staged) -> list[Problem]:
     """What fails before the first boot: curtin's own errors, a baked machine-id, MAAS's
     late_commands."""
     extra = [Problem("curtin", e) for e in staged.curtin_errors]
+    if staged.root_mode != 0o755 or staged.root_owner != (0, 0):
+        uid, gid = staged.root_owner
+        extra.append(Problem("curtin", f"curtin's tar -p would deploy / with mode "
+                             f"{staged.root_mode:04o} and owner {uid}:{gid}, not 0755 0:0: "
+                             "daemons that drop root (dbus, systemd-networkd, sshd) cannot "
+                             "reach their files",
+                             hint="pack the image from a root directory that is chmod 0755 "
+                                  "and chown 0:0"))
     if staged.baked_machine_id:
         extra.append(Problem("not-unique", f"the image ships /etc/machine-id "
                              f"{staged.baked_machine_id}: systemd keeps it, so every machine "
@@ -237,7 +250,9 @@ def _milestones(console: Console, report: dict[str, object]) -> dict[str, float]
 
 
 def _save(path: Path, text: str) -> None:
+    # Atomic, and a symlink planted at the name (log_dir is often /tmp) is replaced, never
+    # written through: rootfs.write_file treats the log directory as a root.
     try:
-        path.write_text(text, encoding="utf-8")
+        rootfs.write_file(path.parent, "/" + path.name, text, mode=0o644, mkdirs=False)
     except OSError as e:
         log.warning("cannot write %s: %s", path, e.strerror)

@@ -1,4 +1,4 @@
-"""The chroot session: :class:`Chroot`, :class:`Bind` and :func:`recover`.
+"""The chroot session: :class:`Chroot` (binds in :mod:`.binds`, recovery in :mod:`.recovery`).
 
 Nothing is ever mounted in the host's mount namespace. Each command starts a
 small helper (``nsexec.py``) in its own mount and PID namespace (and, with

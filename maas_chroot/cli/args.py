@@ -1,4 +1,4 @@
-"""The maas-chroot argument parser (private to cli.py): verbs, flags and --help examples."""
+"""The maas-chroot argument parser (private to the CLI): verbs, flags and --help examples."""
 
 from __future__ import annotations
 
@@ -182,7 +182,8 @@ def _maas_flags(p: argparse.ArgumentParser, *, name_flag: str) -> None:
                    help="upload with --architecture even if it contradicts the image")
     g.add_argument("--base-image", help="e.g. ubuntu/noble (default: read from the image)")
     g.add_argument("--replace", action="store_true",
-                   help="delete an existing image of this name and architecture first")
+                   help="delete an existing image of this name and architecture first (if the "
+                        "upload then fails, MAAS holds neither)")
     g.add_argument("--wait", action="store_true",
                    help="wait until every region controller holds a copy")
     g.add_argument("--wait-timeout", type=float, default=WAIT_TIMEOUT, metavar="SECONDS",

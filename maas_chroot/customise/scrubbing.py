@@ -81,14 +81,7 @@ def _fstab(s: Scrub) -> None:
 
 def _os_id(s: Scrub) -> str:
     """The distribution's ``ID`` from the image's os-release (``debian``, ``ubuntu``)."""
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        found = s.read_regular(path)
-        if found is not None:
-            for line in found[0].decode("utf-8", "replace").splitlines():
-                key, _, value = line.partition("=")
-                if key.strip() == "ID" and value.strip().strip("\"'"):
-                    return value.strip().strip("\"'")
-    return "localhost"
+    return rootfs.os_release(s.root).get("ID") or "localhost"
 
 
 def _hostname(s: Scrub) -> None:
@@ -216,9 +209,7 @@ def _inspect(s: Scrub) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
     if not netplan:
         warnings.append("netplan is not installed: MAAS runs `netplan info` in the target and "
                         "fails the deployment; install the netplan.io package")
-    versions = {n.split("-", 1)[1] for n in s.listdir("/boot")
-                if n.startswith(("vmlinuz-", "vmlinux-")) and "-" in n}
-    versions.update(s.listdir("/lib/modules"))
+    versions = {*rootfs.kernels(s.root), *s.listdir("/lib/modules")}
     return tuple(warnings), tuple(sorted(versions)), cloud_init, netplan
 
 

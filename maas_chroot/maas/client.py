@@ -209,6 +209,12 @@ class MaasClient:
         name for several); return what was deleted."""
         if isinstance(name_or_id, int):
             found = [self.get(name_or_id)]
+            if found[0].type != "Uploaded":   # a synced image: machines deploy it
+                raise MaasApiError(f"boot resource {name_or_id} is {found[0].full_name} "
+                                   f"{found[0].architecture} ({found[0].type}), not a custom "
+                                   "image", url=self.api_url,
+                                   hint="maas-chroot deletes only uploaded images; MAAS's "
+                                        "own are managed with `maas admin boot-resources`")
         else:
             found = self.find(name_or_id, architecture=architecture)
         shown = (f"boot resource {name_or_id}" if isinstance(name_or_id, int) else

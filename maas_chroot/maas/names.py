@@ -23,7 +23,6 @@ Everything here is checked before any byte goes to the network.
 
 from __future__ import annotations
 
-import bz2
 import logging
 import lzma
 import os
@@ -31,7 +30,7 @@ import re
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO
 
 from .. import arches, formats, releases
 from ..errors import ArchiveError, ImageNameError
@@ -44,13 +43,20 @@ FILETYPES = formats.MAAS_FILETYPES
 #: LINUX_OSYSTEMS of maasserver.models.bootresource: allowed base image OSes.
 BASE_IMAGE_OSYSTEMS: tuple[str, ...] = ("ubuntu", "centos", "rhel", "ol")
 
-#: Names in MAAS's OperatingSystemRegistry (src/provisioningserver/drivers/osystem)
-#: plus the bootloader products of the maas.io stream (their os names land in
-#: BootSourceCache, whose os and release parts MAAS reserves too).
+#: Names in MAAS's OperatingSystemRegistry (``src/provisioningserver/drivers/osystem`` up
+#: to 3.7, ``src/maascommon/osystem`` from 3.8, which adds ``onie``; 3.4 still has
+#: ``caringo``).
 RESERVED_OS_NAMES: frozenset[str] = frozenset({
     "ubuntu", "ubuntu-core", "centos", "rhel", "ol", "custom", "windows", "suse",
-    "caringo", "esxi", "bootloader", "grub-efi", "grub-efi-signed", "grub-ieee1275",
-    "pxelinux",
+    "caringo", "esxi", "bootloader", "onie",
+})
+#: The non-Ubuntu os and release names of the maas.io stream. ``_get_reserved_names``
+#: reserves each part of every os/release in BootSourceCache: the CentOS bases
+#: (``centos70``, ``8``) and the bootloaders, whose release is their ``bootloader-type``
+#: (``import_images/download_descriptions.py``).
+STREAM_NAMES: frozenset[str] = frozenset({
+    "centos70", "8", "grub-efi", "grub-efi-signed", "grub-ieee1275", "pxelinux", "uefi",
+    "pxe", "open-firmware",
 })
 
 _MAX_NAME = 255      # BootResource.name is CharField(max_length=255)
@@ -94,6 +100,8 @@ def validate_name(name: str) -> str:
         why = "an Ubuntu release codename"
     elif low in RESERVED_OS_NAMES:
         why = "an operating system name"
+    elif low in STREAM_NAMES:
+        why = "a name in MAAS's image stream"
     elif _CENTOS.search(low):
         why = "reserved by MAAS for CentOS versions"
     if why is not None:
@@ -161,22 +169,6 @@ def _is_disk(head: bytes) -> bool:
     return (len(head) >= 512 and head[510:512] == b"\x55\xaa") or head[512:520] == b"EFI PART"
 
 
-_INFLATE: dict[str, Callable[[], Any]] = {
-    "gzip": lambda: zlib.decompressobj(31), "bzip2": bz2.BZ2Decompressor,
-    "xz": lzma.LZMADecompressor}
-
-
-def _inflate(kind: str, data: bytes, limit: int = 1024) -> bytes:
-    """The first ``limit`` bytes ``data`` inflates to (b"" for a decoder error or zstd)."""
-    make = _INFLATE.get(kind)
-    if make is None:
-        return b""
-    try:
-        return bytes(make().decompress(data, limit))
-    except (zlib.error, OSError, lzma.LZMAError, EOFError):
-        return b""
-
-
 def infer_filetype(path: str | os.PathLike[str]) -> str:
     """The MAAS filetype of ``path`` from its magic bytes.
 
@@ -188,7 +180,7 @@ def infer_filetype(path: str | os.PathLike[str]) -> str:
     head = formats.read_head(path, 64 * 1024)
     kind = formats.compressed_by(head)
     if kind is not None and kind.maas_tar is not None and kind.maas_dd is not None:
-        inner = _inflate(kind.name, head)
+        inner = formats.inflate_head(kind, head)
         if formats.is_tar(inner):
             return kind.maas_tar
         if _is_disk(inner):
@@ -208,7 +200,9 @@ def infer_filetype(path: str | os.PathLike[str]) -> str:
 
 # --- base image guess ------------------------------------------------------------------------
 
-_SNIFF_BUDGET = 64 << 20   # compressed bytes read at most to find etc/lsb-release
+#: Compressed bytes read at most to find etc/lsb-release or a program: members come sorted,
+#: and ``boot/`` (a kernel and an initrd of up to ~100 MB that do not compress) is first.
+_SNIFF_BUDGET = 512 << 20
 
 
 class _Budget:
@@ -216,9 +210,11 @@ class _Budget:
 
     def __init__(self, f: IO[bytes], limit: int) -> None:
         self.f, self.left = f, limit
+        self.spent = False  # the limit was reached before the end of the file
 
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
+            self.spent = self.spent or bool(self.f.read(1))
             return b""
         n = self.left if n < 0 else min(n, self.left)
         data = self.f.read(n)
@@ -227,8 +223,7 @@ class _Budget:
 
 
 def _release_from_text(text: str) -> str | None:
-    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    fields = {k.strip(): v.strip().strip('"') for k, v in fields.items()}
+    fields = releases.parse_os_release(text)
     dist = (fields.get("DISTRIB_ID") or fields.get("ID") or "").lower()
     code = (fields.get("DISTRIB_CODENAME") or fields.get("VERSION_CODENAME")
             or fields.get("UBUNTU_CODENAME") or "").lower()
@@ -238,27 +233,32 @@ def _release_from_text(text: str) -> str | None:
 
 
 def _sniff(path: str | os.PathLike[str], filetype: str,
-           want: Callable[[str, tarfile.TarInfo], int]) -> Iterator[bytes]:
+           want: Callable[[str, tarfile.TarInfo], int],
+           budget: list[_Budget] | None = None) -> Iterator[bytes]:
     """The first bytes of the regular members of a tgz/tbz/txz for which ``want(name,
-    member)`` asks for some (how many), in order, reading at most 64 MiB of the file."""
+    member)`` asks for some (how many), in order, reading at most 512 MiB of the file
+    (``budget`` gets the reader, to tell whether it ran out)."""
     if filetype not in ("tgz", "tbz", "txz"):
         return
     try:
-        with open(path, "rb") as raw, tarfile.open(
-                fileobj=_Budget(raw, _SNIFF_BUDGET), mode="r|*") as tar:  # type: ignore[call-overload]
-            for member in tar:
-                n = want(member.name.removeprefix("./").lstrip("/"), member) \
-                    if member.isfile() else 0
-                f = tar.extractfile(member) if n else None
-                if f is not None:
-                    yield f.read(n)
+        with open(path, "rb") as raw:
+            limited = _Budget(raw, _SNIFF_BUDGET)
+            if budget is not None:
+                budget.append(limited)
+            with tarfile.open(fileobj=limited, mode="r|*") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    n = want(member.name.removeprefix("./").lstrip("/"), member) \
+                        if member.isfile() else 0
+                    f = tar.extractfile(member) if n else None
+                    if f is not None:
+                        yield f.read(n)
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
         return
 
 
 def sniff_ubuntu_release(path: str | os.PathLike[str], filetype: str) -> str | None:
     """The Ubuntu codename from ``etc/lsb-release`` (or a regular ``etc/os-release``)
-    in a tgz/tbz/txz, reading at most 64 MiB of the file; None if not found."""
+    in a tgz/tbz/txz, reading at most 512 MiB of the file; None if not found."""
     wanted = {"etc/lsb-release", "etc/os-release"}
     for data in _sniff(path, filetype,
                        lambda name, m: m.size if name in wanted and m.size < 65536 else 0):
@@ -271,12 +271,21 @@ def sniff_ubuntu_release(path: str | os.PathLike[str], filetype: str) -> str | N
 _PROGRAMS = re.compile(r"^(usr/)?s?bin/[^/]+$")
 
 
-def sniff_arch(path: str | os.PathLike[str], filetype: str) -> str | None:
+def sniff_arch(path: str | os.PathLike[str], filetype: str, *,
+               required: bool = False) -> str | None:
     """The architecture (Debian's name) of the first ELF program in ``bin/``, ``usr/bin/``
-    (or ``sbin``) of a tgz/tbz/txz, reading at most 64 MiB of the file; None if none."""
+    (or ``sbin``) of a tgz/tbz/txz, reading at most 512 MiB of the file; None if none.
+
+    ``required``: raise :class:`ImageNameError` rather than return None when the read
+    stopped at the limit (the programs may be further on)."""
+    budget: list[_Budget] = []
     for head in _sniff(path, filetype, lambda name, m: arches.HEADER_SIZE
-                       if _PROGRAMS.match(name) and m.size >= 64 else 0):
+                       if _PROGRAMS.match(name) and m.size >= 64 else 0, budget):
         found = arches.from_elf(head) if arches.is_program(head) else None
         if found is not None:
             return found.name
+    if required and budget and budget[0].spent:
+        raise ImageNameError(f"{os.fspath(path)}: no program found in the first "
+                             f"{_SNIFF_BUDGET >> 20} MiB, so its architecture is not known",
+                             hint="pass architecture= (--architecture), e.g. amd64/generic")
     return None

@@ -115,7 +115,8 @@ class Upload:
                                path=file, hint="give the path of a packed image, e.g. the "
                                                "output of maas-chroot build -o FILE")
         found = getattr(path, "arch", None) or names.sniff_arch(
-            file, self.filetype or names.infer_filetype(file))
+            file, self.filetype or names.infer_filetype(file),
+            required=self.architecture is None)
         architecture = arches.maas_architecture(self.architecture, found, force=self.force)
         return dataclasses.replace(self, architecture=architecture)._send(path, file,
                                                                           progress=progress)
@@ -178,7 +179,8 @@ class Upload:
             what = f"{old.full_name} {old.architecture} (boot resource {old.id})"
             if self.replace:
                 client._call("DELETE", f"boot-resources/{old.id}/")
-                logger.info("replace: deleted %s, stored as %r", what, old.name)
+                logger.info("replace: deleted %s, stored as %r (until this upload completes, "
+                            "MAAS holds no image of that name)", what, old.name)
             elif old.name != bare:
                 logger.warning(
                     "MAAS also holds %s stored as %r, a name MAAS 3.8 keeps when sent the "

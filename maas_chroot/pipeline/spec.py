@@ -17,8 +17,9 @@ from typing import Any
 
 from .. import arches, maas
 from ..archive import archiving as archive
+from ..boot import options as boot_opts
 from ..customise.customisation import Customisation
-from ..errors import SpecError, keyed
+from ..errors import ArgumentError, SpecError, keyed
 from ..maas import Upload
 from ..sources import image as sources
 from ..sources import plans
@@ -125,27 +126,22 @@ def preflight(spec: BuildSpec) -> Checked:
         compression, filetype = archive.output_format(spec.output)
     upload = check_upload(spec.upload, plan)
     spec.check()
-    boot_options(spec.boot_test)
+    boot_options(spec.boot_test, plan.arch())
     check_dirs(spec, plan)
     return Checked(plan, compression, filetype, upload)
 
 
-#: What ``boot_test=`` may set (the rest of boot_test()'s options come from the build).
-BOOT_OPTIONS = frozenset({"kernel", "timeout", "memory", "accel", "boots", "fail_fast",
-                          "log_dir"})
-
-
-def boot_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(f"boot_test must be True, False or a dict of boot_test() options, not "
-                        f"{value!r}", key="boot_test", hint='e.g. boot_test={"boots": 2}')
-    unknown = sorted(set(value) - BOOT_OPTIONS)
-    if unknown:
-        raise SpecError(f"unknown boot_test option(s): {', '.join(unknown)}", key="boot_test",
-                        hint=f"use: {', '.join(sorted(BOOT_OPTIONS))}")
-    return dict(value)
+def boot_options(value: bool | Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
+    """``boot_test=`` as boot_test() options; a :class:`SpecError` when it cannot work."""
+    try:
+        options = boot_opts.build_options(value)
+    except ArgumentError as e:
+        raise SpecError(e.message, key="boot_test", hint=e.hint) from e
+    if value is not False and arch is not None and arch not in boot_opts.ARCHES:
+        raise SpecError(f"the boot test boots {', '.join(boot_opts.ARCHES)} images only, "
+                        f"and this build makes an {arch} one", key="boot_test",
+                        hint="leave boot_test (--boot-test) out for a foreign architecture")
+    return options
 
 
 def check_upload(upload: Upload | None, plan: SourcePlan) -> Upload | None:

@@ -10,12 +10,15 @@ reads an image's architecture from its own files.
 from .files import (
     JOURNAL_NAME,
     Entry,
+    kernels,
     lstat,
     makedirs,
     open_at,
     open_in_root,
+    os_release,
     parent_dir,
     read_file,
+    read_regular_head,
     restore,
     snapshot,
     symlink,
@@ -25,6 +28,7 @@ from .files import (
 from .imagearch import image_arch
 from .remove import clear_dir_at, mounts_under, remove_tree
 
-__all__ = ["JOURNAL_NAME", "Entry", "clear_dir_at", "image_arch", "lstat", "makedirs",
-           "mounts_under", "open_at", "open_in_root", "parent_dir", "read_file", "remove_tree",
-           "restore", "snapshot", "symlink", "unlink", "write_file"]
+__all__ = ["JOURNAL_NAME", "Entry", "clear_dir_at", "image_arch", "kernels", "lstat", "makedirs",
+           "mounts_under", "open_at", "open_in_root", "os_release", "parent_dir", "read_file",
+           "read_regular_head", "remove_tree", "restore", "snapshot", "symlink", "unlink",
+           "write_file"]

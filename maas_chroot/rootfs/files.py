@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .. import releases
 from ..errors import UnsafePathError
 from . import inroot
 
@@ -139,6 +140,66 @@ def read_file(root: str | os.PathLike[str], path: str, *, follow: bool = True) -
     fd = open_in_root(root, path, flags)
     with os.fdopen(fd, "rb") as f:
         return f.read()
+
+
+def read_regular_head(root: str | os.PathLike[str], path: str, size: int) -> bytes | None:
+    """The first ``size`` bytes of ``path`` inside the root if it resolves to a regular file,
+    else None. Never opens anything else for reading: a FIFO would block, and a device
+    node's driver would run on the host."""
+    try:
+        fd = open_in_root(root, path, os.O_PATH)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        chunks, left = [], size
+        while left > 0:
+            chunk = os.read(data, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(data)
+
+
+def os_release(root: str | os.PathLike[str]) -> dict[str, str]:
+    """The image's os-release fields (``/etc/os-release``, else ``/usr/lib/os-release``)."""
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        text = read_regular_head(root, path, 65536)
+        if text is not None:
+            return releases.parse_os_release(text.decode("utf-8", "replace"))
+    return {}
+
+
+def kernels(root: str | os.PathLike[str]) -> list[str]:
+    """The versions of the kernels in the image's ``/boot`` (regular ``vmlinuz-VERSION`` or
+    ``vmlinux-VERSION`` files, the names curtin's ``paths.get_kernel_list`` globs), oldest
+    first."""
+    try:
+        fd = open_in_root(root, "/boot", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return []
+    try:
+        found = {n.split("-", 1)[1] for n in os.listdir(fd)
+                 if n.startswith(("vmlinuz-", "vmlinux-")) and len(n) > 8
+                 and stat.S_ISREG(os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode)}
+    finally:
+        os.close(fd)
+    return sorted(found, key=_version_key)
+
+
+def _version_key(version: str) -> list[tuple[int, str]]:
+    parts = version.replace("-", ".").split(".")
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in parts]
 
 
 def lstat(root: str | os.PathLike[str], path: str) -> os.stat_result | None:

@@ -23,13 +23,7 @@ DPKG_STATUS = "/var/lib/dpkg/status"
 
 def image_arch(root: str | os.PathLike[str]) -> Arch | None:
     """The architecture of the rootfs at ``root``, or None when the image does not tell."""
-    try:
-        fd = files.open_in_root(root, SHELL, os.O_RDONLY)
-    except OSError:
-        header = b""
-    else:
-        with os.fdopen(fd, "rb") as f:
-            header = f.read(arches.HEADER_SIZE)
+    header = files.read_regular_head(root, SHELL, arches.HEADER_SIZE) or b""
     found = arches.from_elf(header)
     if found is None:
         found = _dpkg_arch(root)
@@ -38,10 +32,10 @@ def image_arch(root: str | os.PathLike[str]) -> Arch | None:
 
 
 def _dpkg_arch(root: str | os.PathLike[str]) -> Arch | None:
-    try:
-        text = files.read_file(root, DPKG_STATUS).decode("utf-8", "replace")
-    except OSError:
+    status = files.read_regular_head(root, DPKG_STATUS, 64 << 20)
+    if status is None:
         return None
+    text = status.decode("utf-8", "replace")
     for stanza in text.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line)
         if fields.get("Package") == "dpkg" and fields.get("Architecture") in arches.BY_NAME:

@@ -11,6 +11,7 @@ import glob
 import os
 from dataclasses import dataclass
 
+from .. import releases
 from ..errors import SourceError
 
 
@@ -94,13 +95,8 @@ def sources(etc: str = "/etc/apt") -> list[AptSource]:
 
 def os_release(path: str = "/etc/os-release") -> dict[str, str]:
     """The host's os-release fields (ID, VERSION_CODENAME, ...)."""
-    out = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, sep, value = line.strip().partition("=")
-            if sep:
-                out[key] = value.strip().strip('"')
-    return out
+        return releases.parse_os_release(f.read())
 
 
 def host_mirror(suite: str | None = None, *, etc: str = "/etc/apt") -> AptSource:

@@ -62,7 +62,6 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from maas_chroot import releases
-from maas_chroot.maas import names as _maasnames
 
 PREFIX = "/MAAS/api/2.0/"
 TIMESTAMP_THRESHOLD = 300
@@ -75,6 +74,14 @@ FILETYPE_VALUES = {   # upload filetype -> BOOT_RESOURCE_FILE_TYPE value (maasse
     "ddxz": "root-dd.xz",
 }
 UPLOAD_FILENAMES = {"tgz": "root.tgz", "tbz": "root.tbz", "txz": "root.txz"}  # 3.5+
+#: The (os, release) pairs of the maas.io stable stream this fake has synced into its
+#: BootSourceCache; bootloaders have their bootloader-type as the release
+#: (src/tests/fixtures/test_data/simplestreams_bootloaders.json in canonical/maas).
+STREAM = (*(("ubuntu", r) for r in ("trusty", "xenial", "bionic", "focal", "jammy", "noble",
+                                    "oracular", "plucky", "questing")),
+          ("centos", "centos70"), ("centos", "8"),
+          ("grub-efi-signed", "uefi"), ("grub-efi", "uefi"), ("grub-ieee1275", "open-firmware"),
+          ("pxelinux", "pxe"))
 #: Fault modes for ``faults={put_index: mode}``.
 FAULTS = ("drop_before_store", "drop_after_store", "error500_after_store", "die")
 #: OperatingSystemRegistry order, as "Unsupport operating system" lists it.
@@ -126,6 +133,7 @@ class _Resource:
     base_image: str
     sets: dict[str, list[int]] = field(default_factory=dict)   # version -> file ids
     last_deployed: dt.datetime | None = None
+    rtype: str = "Uploaded"   # BOOT_RESOURCE_TYPE_CHOICES_DICT: "Synced", "Uploaded"
 
 
 class Stop(Exception):
@@ -173,11 +181,26 @@ class FakeMaas:
         return f"{self.consumer_key}:{self.token_key}:{self.token_secret}"
 
     @property
+    def reserved_names(self) -> set[str]:
+        """forms ``_get_reserved_names``: every os/release of the synced stream, each part
+        of it, and the registry's OS names."""
+        pairs = [f"{o}/{r}" for o, r in STREAM]
+        return {*pairs, *(p for pair in pairs for p in pair.split("/")),
+                *self.supported_osystems}
+
+    @property
     def supported_osystems(self) -> list[str]:
         return _OS_34 if self.series < (3, 5) else \
             _OS_35 + (["onie"] if self.series >= (3, 8) else [])
 
     # --- test helpers ------------------------------------------------------------------
+
+    def add_synced(self, name: str, architecture: str = "amd64/generic") -> int:
+        """A resource imported from the stream (``ubuntu/noble``), as MAAS lists it."""
+        with self.lock:
+            rid = next(self._ids)
+            self.resources[rid] = _Resource(rid, name, architecture, "", "", rtype="Synced")
+            return rid
 
     def resource_by_name(self, name: str) -> _Resource:
         """The resource stored as ``name`` exactly, else the one named so without custom/."""
@@ -315,7 +338,7 @@ class FakeMaas:
     def resource_json(self, r: _Resource, *, with_sets: bool,
                       created: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "id": r.id, "type": "Uploaded", "name": r.name, "architecture": r.architecture,
+            "id": r.id, "type": r.rtype, "name": r.name, "architecture": r.architecture,
             "resource_uri": f"{PREFIX}boot-resources/{r.id}/",
             "last_deployed": None if created else self._stamp(r.last_deployed),
             "subarches": r.architecture.split("/")[1], "title": r.title,
@@ -365,8 +388,7 @@ class FakeMaas:
             elif osystem not in self.supported_osystems:
                 errors["name"] = [f"Unsupport operating system {osystem}, supported "
                                   f"operating systems: {self.supported_osystems}"]
-        if (name in releases.ubuntu_releases() or name in _maasnames.RESERVED_OS_NAMES
-                or re.search(r"^centos\d\d?$", name)):
+        if name in self.reserved_names or re.search(r"^centos\d\d?$", name):
             errors["name"] = [f"{name} is a reserved name"]
         return name
 

@@ -211,8 +211,8 @@ class Handler(BaseHTTPRequestHandler):
                 if rtype != "all" and rtype not in types:
                     return 400, (f"'{rtype}' is not a valid boot resource type. Available "
                                  f"types: {types}")
-                items = [] if rtype in ("synced", "generated") else list(
-                    fake.resources.values())
+                items = [r for r in fake.resources.values()
+                         if rtype == "all" or r.rtype.lower() == rtype]
                 return 200, [fake.resource_json(r, with_sets=False)
                              for r in sorted(items, key=lambda r: (r.name, r.architecture))]
             if method == "POST":
