@@ -38,6 +38,7 @@ from .errors import (
     MountedError,
     PathError,
     PrivilegeError,
+    RecipeError,
     SourceError,
     SpecError,
     SysprepError,
@@ -47,7 +48,7 @@ from .errors import (
     VerificationError,
 )
 from .maas import BootResource, MaasClient, Upload
-from .pipeline import BuildResult, BuildSpec, build
+from .pipeline import BuildResult, BuildSpec, Recipe, build
 from .sources import ImageSource, cloud_image, fetch
 from .version import __version__
 
@@ -81,6 +82,8 @@ __all__ = [
     "PackResult",
     "PathError",
     "PrivilegeError",
+    "Recipe",
+    "RecipeError",
     "SourceError",
     "SpecError",
     "SysprepError",

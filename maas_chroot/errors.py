@@ -6,13 +6,21 @@ Structured fields let callers (and ``cli.py``) act on errors without parsing tex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 class MaasChrootError(Exception):
-    """Base class. ``hint`` is a one-line suggestion of what to do next."""
+    """Base class. ``hint`` is a one-line suggestion of what to do next.
+
+    ``key`` names the build option at fault when it is known, as ``build()`` spells it (and
+    a recipe), with a table option's entry after a dot: ``arch``, ``upload.name``,
+    ``files./etc/motd``.
+    """
+
+    key: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -49,6 +57,10 @@ class PrivilegeError(MaasChrootError):
 
 class SourceError(MaasChrootError):
     """An image source (release, architecture, format, URL, path) is not valid."""
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.key = key
 
 
 class FetchError(MaasChrootError):
@@ -146,6 +158,11 @@ class EmulationError(ChrootError):
         self.arch = arch
 
 
+class OverlayUnavailable(ChrootError):
+    """An overlay (a build's cheap copy of a cached base) cannot be mounted here: the build
+    extracts the base instead. ``root`` names the mount point."""
+
+
 class SysprepError(ChrootError):
     """sysprep() was given something it cannot scrub (``root`` names it)."""
 
@@ -207,6 +224,24 @@ class SpecError(MaasChrootError):
         self.key = key
 
 
+class RecipeError(SpecError):
+    """A recipe (a TOML file of build specs) that cannot work, refused before any work:
+    ``path`` is the file, ``line`` the line at fault (1-based; None when it cannot be
+    told), ``key`` the option at fault as ``build()`` spells it (``packages``,
+    ``upload.name``) and ``image`` the ``[image.NAME]`` it is about (None: the file as a
+    whole, or its shared settings)."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], line: int | None,
+                 key: str | None = None, image: str | None = None,
+                 hint: str | None = None) -> None:
+        where = f"{os.fspath(path)}:{line}" if line else os.fspath(path)
+        super().__init__(f"{where}: {message}", key=key, hint=hint)
+        self.path = os.fspath(path)
+        self.line = line
+        self.image = image
+        self.reason = message
+
+
 class BuildError(MaasChrootError):
     """A step of ``build()`` failed. ``step`` names it (a :class:`maas_chroot.steps.Step`);
     the original error is ``__cause__``; ``rootfs`` is the kept rootfs, if any."""
@@ -216,6 +251,18 @@ class BuildError(MaasChrootError):
         super().__init__(message, hint=hint)
         self.step = step
         self.rootfs = rootfs
+
+
+@contextlib.contextmanager
+def keyed(key: str) -> Iterator[None]:
+    """Name ``key`` as the option at fault in a MaasChrootError the block raises (unless it
+    names one already)."""
+    try:
+        yield
+    except MaasChrootError as e:
+        if e.key is None:
+            e.key = key
+        raise
 
 
 def tail(text: str | None, lines: int = 20) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -33,6 +34,7 @@ class Step(str, enum.Enum):
     FILES = "files"
     COMMANDS = "commands"
     APT_CLEAN = "apt clean"
+    MANIFEST = "manifest"
     SYSPREP = "sysprep"
     PACK = "pack"
     BOOT_TEST = "boot-test"
@@ -49,19 +51,27 @@ class Step(str, enum.Enum):
 
 
 _IN_ROOTFS = frozenset({Step.CHROOT, Step.UPDATE, Step.UPGRADE, Step.INSTALL, Step.REMOVE,
-                        Step.FILES, Step.COMMANDS, Step.APT_CLEAN, Step.SYSPREP})
+                        Step.FILES, Step.COMMANDS, Step.APT_CLEAN, Step.MANIFEST,
+                        Step.SYSPREP})
 _QUIET = frozenset({Step.CHECK, Step.CLEANUP})
 
 
 class Steps:
-    """Times steps in order, and remembers the one running (for the error message)."""
+    """Times steps in order, and remembers the one running (for the error message).
+
+    Once ``stop`` is set (the caller was interrupted while another thread runs the
+    steps), the next step raises KeyboardInterrupt instead of starting.
+    """
 
     def __init__(self) -> None:
         self.times: list[tuple[Step, float]] = []
         self.current = Step.CHECK
+        self.stop = threading.Event()
 
     @contextlib.contextmanager
     def __call__(self, step: Step) -> Iterator[None]:
+        if self.stop.is_set():
+            raise KeyboardInterrupt(f"stopped before the step {step!s}")
         self.current = step
         if step not in _QUIET:
             log.info("%s ...", step)

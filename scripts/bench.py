@@ -1,7 +1,7 @@
 """Benchmark maas_chroot.extract() and pack() against GNU tar, pigz and unsquashfs.
 
 Usage (as root; scripts/bench sets up the venv first):
-    python scripts/bench.py [--rounds 3] [--only small|big] [--work DIR]
+    python scripts/bench.py [--rounds 3] [--only small|big|rebuild] [--work DIR]
 
 Two real Debian rootfs trees, built once per machine with mmdebstrap (see
 tests/fixtures.py): the minbase one, and a larger one with a few hundred MB of
@@ -10,6 +10,8 @@ packages. For each, in one run on this machine:
 - extract() vs ``tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf`` (tar.xz input)
 - extract() vs ``unsquashfs`` (squashfs input)
 - pack() vs ``tar --xattrs --acls --numeric-owner -czf`` and vs ``tar ... -I pigz``
+- rebuilds (scripts/bench_rebuild.py): a warm build (an overlay of the cached base) vs a
+  cold one (extract), and ``build -f --if-changed`` over ten unchanged images
 
 Every measurement runs in its own process under /usr/bin/time: time = best
 wall time of N rounds (our own calls are timed inside the child, around the
@@ -162,7 +164,7 @@ def bench(name: str, tar: Path, work: Path, rounds: int) -> list[tuple[str, ...]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=("small", "big"))
+    ap.add_argument("--only", choices=("small", "big", "rebuild"))
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/maas-chroot-bench"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -179,8 +181,12 @@ def main() -> None:
     for name, build in trees.items():
         if args.only in (None, name):
             rows += bench(name, build(), args.work, args.rounds)
+    if args.only in (None, "rebuild"):
+        import bench_rebuild
+
+        rows += bench_rebuild.bench(args.work, args.rounds)
     head = ("rootfs", "case", "tool", "time s", "time vs mc", "cpu s", "cpu vs mc",
-            "size MB", "peak RSS MB")
+            "size MB or note", "peak RSS MB")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, tuple("-" * w for w in widths), *rows]:

@@ -12,12 +12,15 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures import CACHE, IS_ROOT, binfmt_state, build_minbase, gnu_extract, processes_naming
 from servers.tls import TestCA, make_ca
 
 from maas_chroot import binfmt, rootfs
+from maas_chroot.cli import verbs
+from maas_chroot.pipeline import BuildResult, BuildSpec
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -160,3 +163,19 @@ def maas_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 def other_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     """Another CA, which did not sign the MAAS certificate."""
     return make_ca(tmp_path_factory.mktemp("other-ca"), name="some-other-ca")
+
+
+@pytest.fixture
+def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Replace build() in the CLI by a recorder of ``(source, output, spec, if_changed)``,
+    and pretend to be root."""
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_build(spec: BuildSpec, *, progress: bool | None = None,
+                   if_changed: bool = False) -> BuildResult:
+        calls.append((spec.source, spec.output, spec, if_changed))
+        return BuildResult(output=spec.output, size=1, sha256="0" * 64, source=str(spec.source))
+
+    monkeypatch.setattr(verbs, "build", fake_build)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    return calls

@@ -199,6 +199,21 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
+def tree_xattrs(root: Path) -> dict[str, dict[str, bytes]]:
+    """Every extended attribute in a tree (security.capability, ACLs, user.*), by path."""
+    out: dict[str, dict[str, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["", *dirnames, *filenames]:
+            p = os.path.join(dirpath, name)
+            if name == "" and dirpath != str(root):
+                continue
+            found = {x: os.getxattr(p, x, follow_symlinks=False)
+                     for x in os.listxattr(p, follow_symlinks=False)}
+            if found:
+                out[os.path.relpath(p, root)] = found
+    return out
+
+
 def curtin_extract(tarball: Path, target: Path) -> None:
     """What curtin runs at deploy time (curtin/commands/extract.py), flags verbatim."""
     target.mkdir()

@@ -19,10 +19,9 @@ from servers.aptrepo import DebSpec, serve_proxy, serve_repo
 from servers.maas import serve
 from servers.tls import TestCA
 
-from maas_chroot import cli, rootfs
-from maas_chroot.cli import verbs
+from maas_chroot import chroot, cli, rootfs
+from maas_chroot.chroot import manifest
 from maas_chroot.maas import Upload
-from maas_chroot.pipeline import BuildResult, BuildSpec
 
 SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --install jq "
         "--install tree -o focal-custom.tgz --upload custom/focal-custom "
@@ -32,26 +31,12 @@ SEED = ("build focal --format root.tar.xz --upgrade --install emacs-nox --instal
 # --- parsing --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def recorded_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """Replace build() in the CLI by a recorder, and pretend to be root."""
-    calls: list[tuple[Any, ...]] = []
-
-    def fake_build(spec: BuildSpec, *, progress: bool | None = None) -> BuildResult:
-        calls.append((spec.source, spec.output, spec))
-        return BuildResult(output=spec.output, size=1, sha256="0" * 64, source=str(spec.source))
-
-    monkeypatch.setattr(verbs, "build", fake_build)
-    monkeypatch.setattr(os, "geteuid", lambda: 0)
-    return calls
-
-
 def test_seed_one_liner_becomes_one_build_call(recorded_build: list[tuple[Any, ...]],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAAS_URL", "http://127.0.0.1:9/MAAS")
     monkeypatch.setenv("MAAS_API_KEY", "a:b:c")
     assert cli.main(shlex.split(SEED)) == 0
-    [(source, output, spec)] = recorded_build
+    [(source, output, spec, _)] = recorded_build
     assert (source, output) == ("focal", Path("focal-custom.tgz").absolute())
     assert spec.fmt == "root.tar.xz"
     assert spec.upgrade is True
@@ -73,7 +58,7 @@ def test_customisation_flags_keep_their_order(recorded_build: list[tuple[Any, ..
             "--copy", f"{script}:/etc/x.sh", "--network", "none", "--no-sysprep",
             "--keep-rootfs", str(tmp_path / "keep"), "--apt-proxy", "http://127.0.0.1:3128"]
     assert cli.main(argv) == 0
-    [(_, _, spec)] = recorded_build
+    [(_, _, spec, _)] = recorded_build
     assert spec.commands == ("echo 1", script, "echo 2")
     assert spec.packages == ("jq", "tree", "curl")
     assert spec.files == (("/etc/x.sh", str(script)),)
@@ -100,7 +85,7 @@ def test_upload_flags_reach_the_upload(recorded_build: list[tuple[Any, ...]],
             "--maas-url", "https://127.0.0.1:9/MAAS", "--api-key", "a:b:c",
             "--cacerts", str(maas_ca.ca)]
     assert cli.main(argv) == 0
-    [(_, _, spec)] = recorded_build
+    [(_, _, spec, _)] = recorded_build
     up = spec.upload
     assert isinstance(up, Upload)
     assert (up.name, up.replace, up.wait, up.wait_timeout, up.chunk_size, up.base_image) == (
@@ -191,7 +176,7 @@ def test_boot_test_flags_reach_build(recorded_build: list[tuple[Any, ...]],
     argv = ["build", "noble", "-o", str(tmp_path / "o.tgz"), "--boot-test", "--boots", "2",
             "--kernel", "linux-generic", "--accel", "tcg", "--boot-timeout", "600"]
     assert cli.main(argv) == 0
-    [(_, _, spec)] = recorded_build
+    [(_, _, spec, _)] = recorded_build
     assert spec.boot_test == {"boots": 2, "kernel": "linux-generic", "accel": "tcg",
                               "timeout": 600.0}
     assert cli.main(["build", "noble", "-o", str(tmp_path / "o.tgz"), "--boot-test"]) == 0
@@ -278,6 +263,7 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
                        "--run", "echo 0123456789abcdef0123456789abcdef > /etc/machine-id",
                        "--run", "mkdir -p /etc/ssh && echo k > /etc/ssh/ssh_host_ed25519_key",
                        "--apt-proxy", proxy.url, "--workdir", str(tmp_path),
+                       "--cache-dir", str(tmp_path / "cache"),  # no debs from another run
                        "--upload", "custom/bookworm-jq", "--title", "Bookworm with jq",
                        env={"MAAS_URL": fake.url, "MAAS_API_KEY": fake.api_key})
         assert proc.returncode == 0, proc.stderr
@@ -290,7 +276,8 @@ def test_build_local_archive_install_upload_end_to_end(minbase_tar: Path,
         assert posts, fake.log
     rootfs.remove_tree(tmp_path / "repo")
     # the work dir is gone (only our output, the MAAS store and the unpack target remain)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.tgz", "maas"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cache", "custom.tgz", "custom.tgz.build.json", "custom.tgz.manifest", "maas"]
     assert "install" in proc.stdout and "pack" in proc.stdout and "upload" in proc.stdout
     try:
         curtin_extract(stored, unpacked)
@@ -390,6 +377,10 @@ def test_verbs_extract_shell_pack_upload_recover_fetch(minbase_tar: Path, tmp_pa
         proc = run_cli("pack", str(root), str(out), "--sysprep", "--level", "1", "-q")
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split()[0] == str(out)
+        with chroot.Chroot(root) as ch:  # pack wrote the manifest: dpkg-query's, in the image
+            listed = ch.run(list(manifest.QUERY), capture=True).stdout
+        assert manifest.path_for(out).read_text() == listed and "\ndpkg\t" in listed
+        assert proc.stdout.splitlines()[1].startswith(f"{out}.manifest  ")
         assert (root / "etc/machine-id").read_bytes() == b""
         proc = run_cli("recover", str(root))
         assert (proc.returncode, proc.stdout.strip()) == (0, f"{root}: nothing to recover")

@@ -216,7 +216,8 @@ def test_the_whole_arm64_build_through_the_cli(arm64_emulation: binfmt.Emulation
         assert fake.path("custom/bookworm-arm64").read_bytes() == out.read_bytes()
     assert "  arch      arm64\n" in proc.stdout and "arm64/generic" in proc.stdout
     assert_arm64_jq_and_no_emulator(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["arm64.tgz", "maas"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arm64.tgz", "arm64.tgz.build.json",
+                                                          "arm64.tgz.manifest", "maas"]
 
 
 def test_binfmt_status_through_the_cli(arm64_emulation: binfmt.Emulation) -> None:

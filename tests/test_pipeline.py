@@ -90,7 +90,8 @@ def test_directory_source_with_files_commands_script_and_upload(minbase_root: Pa
         assert res.uploaded is not None and res.uploaded.name == "dir-build"
         assert res.rootfs == keep
         assert [s for s, _ in res.steps] == ["check", "copy", "chroot", "files", "commands",
-                                             "sysprep", "pack", "upload", "cleanup"]
+                                             "manifest", "sysprep", "pack", "upload",
+                                             "cleanup"]
         assert "copy" in repr(res) and "upload" in repr(res)
         members = tar_members(out)
         assert tar_read(out, "etc/motd") == b"built by maas_chroot\n"
@@ -118,7 +119,8 @@ def test_in_place_customises_the_source_directory(minbase_root: Path, tmp_path: 
     assert (minbase_root / "etc/machine-id").read_bytes() == b""  # sysprep ran on it
     assert res.rootfs is None and "copy" not in res.durations
     assert tar_read(res.output, "etc/motd") == b"in-place\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tgz", "root"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tgz", "o.tgz.build.json",
+                                                          "o.tgz.manifest", "root"]
 
 
 @pytest.mark.root
@@ -203,7 +205,7 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
                    commands=["echo bootstrapped > /etc/motd"], progress=False)
     res = mc.build(f"bootstrap:{suite}", out, **options)  # type: ignore[arg-type]
     assert res.source == f"bootstrap {suite}"
-    assert [s for s, _ in res.steps][:3] == ["check", "bootstrap", "extract"]
+    assert [s for s, _ in res.steps][:4] == ["check", "fetch", "bootstrap", "extract"]
     members = tar_members(out)
     assert tar_read(out, "etc/motd") == b"bootstrapped\n"
     assert members["etc/debian_version"].uid == 0 and members["etc/debian_version"].gid == 0
@@ -211,7 +213,8 @@ def test_bootstrap_source_from_the_hosts_mirror(tmp_path: Path) -> None:
     assert dash.isfile() and dash.mode & 0o111
     assert "etc/dpkg/dpkg.cfg.d/99mmdebstrap" not in members  # build-time speed-ups only
     assert "etc/apt/apt.conf.d/99mmdebstrap" not in members
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz", "cache"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.tgz", "boot.tgz.build.json",
+                                                          "boot.tgz.manifest", "cache"]
     # the bootstrap is cached as a tarball: a second build reuses it, byte for byte
     [tarball] = (cache / "bootstrap").glob("*.tar")
     made = tarball.stat().st_mtime_ns

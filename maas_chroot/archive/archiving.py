@@ -36,7 +36,8 @@ from . import compress, tarread, tarwrite
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PackResult", "detect_format", "extract", "output_format", "pack"]
+__all__ = ["PackResult", "atomic_output", "detect_format", "extract", "output_format", "pack",
+           "write_atomically"]
 
 _F_SETPIPE_SZ = 1031
 
@@ -289,7 +290,7 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     nthreads = threads or len(os.sched_getaffinity(0))
     try:
         # The session lock keeps a Chroot from swapping resolv.conf/policy-rc.d in mid-walk.
-        with lock.exclusive(src, "pack"), _atomic_output(dest) as raw, \
+        with lock.exclusive(src, "pack"), atomic_output(dest) as raw, \
                 _progress.bar(progress, total=None, desc=f"pack {dest.name}") as bar:
             stream = compress.open_stream(kind, raw, level=level, threads=nthreads,
                                            where=where, reproducible=reproducible)
@@ -350,9 +351,16 @@ def _source_date_epoch(out: str) -> int | None:
             from None
 
 
+def write_atomically(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` as :func:`pack` writes an image (a manifest, a record)."""
+    with atomic_output(dest) as f:
+        f.write(data)
+
+
 @contextlib.contextmanager
-def _atomic_output(dest: Path) -> Iterator[compress.HashingFile]:
-    """A HashingFile on a fresh temp file beside ``dest``, renamed onto it on success."""
+def atomic_output(dest: Path) -> Iterator[compress.HashingFile]:
+    """A HashingFile on a fresh temp file beside ``dest``, renamed onto it on success
+    (synced first, then the directory): a crash leaves the old ``dest`` or the new one."""
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)

@@ -98,14 +98,18 @@ class Apt:
 
     ``unsafe_io`` (default True) passes dpkg ``--force-unsafe-io``: images are
     repacked afterwards, so per-file fsyncs buy nothing. ``progress`` is the
-    default for every call (None: a bar when a person is watching).
+    default for every call (None: a bar when a person is watching). ``archives``: a
+    directory inside the image (a bind of a shared host cache) where apt downloads
+    packages instead of the image's own ``/var/cache/apt/archives``; :meth:`clean` never
+    empties it.
     """
 
     def __init__(self, chroot: ChrootLike, *, unsafe_io: bool = True,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, archives: str | None = None) -> None:
         self.chroot = chroot
         self.unsafe_io = unsafe_io
         self.progress = progress
+        self.archives = archives
 
     def __repr__(self) -> str:
         return f"Apt({os.fspath(self.chroot.root)!r})"
@@ -150,8 +154,8 @@ class Apt:
         return self.apt_get(["autoremove", *(["--purge"] if purge else [])], progress=progress)
 
     def clean(self) -> AptResult:
-        """``apt-get clean``: empty the archive cache."""
-        return self.apt_get(["clean"], progress=False)
+        """``apt-get clean``: empty the image's archive cache (never a shared one)."""
+        return Apt(self.chroot, unsafe_io=self.unsafe_io).apt_get(["clean"], progress=False)
 
     # --- other tools ----------------------------------------------------------------------
 
@@ -255,7 +259,8 @@ class Apt:
         if self.unsafe_io:
             dpkg.append("--force-unsafe-io")
         opts = [f"APT::Status-Fd={status_fd}", "Dpkg::Use-Pty=0", "APT::Color=0",
-                "Dpkg::Progress-Fancy=0", *(f"Dpkg::Options::={o}" for o in dpkg)]
+                "Dpkg::Progress-Fancy=0", *(f"Dpkg::Options::={o}" for o in dpkg),
+                *([f"Dir::Cache::Archives={self.archives}"] if self.archives else [])]
         return [arg for o in opts for arg in ("-o", o)]
 
     def _error(self, argv: list[str], code: int, lines: list[str],

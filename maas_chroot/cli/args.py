@@ -68,12 +68,19 @@ EXAMPLES = {
       --upload custom/bookworm --profile admin
   # an arm64 image, built on this amd64 host (emulated; maas-chroot binfmt --enable arm64):
   maas-chroot build bootstrap:bookworm --arch arm64 --install jq -o bookworm-arm64.tgz
+  # every image of a recipe, or some; flags override it; nightly, only what changed:
+  maas-chroot build -f images.toml
+  maas-chroot build -f images.toml web --install htop
+  maas-chroot build -f images.toml --if-changed
   # a local archive or rootfs directory, no network inside the chroot:
   maas-chroot build ./rootfs.tar.xz --network none --run 'echo hi > /etc/motd' -o out.tgz
 
 sources: RELEASE (noble, 24.04), URL, ARCHIVE, DIRECTORY, bootstrap:SUITE
 MAAS credentials: --profile NAME, or --maas-url URL --api-key KEY [--cacerts FILE], or the
 environment variables MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE).""",
+    "check": """examples:
+  maas-chroot check -f images.toml          # every image: keys, types, sources, names, files
+  maas-chroot check -f images.toml web db   # some of them""",
     "fetch": """examples:
   maas-chroot fetch noble                         # verified squashfs, cached; prints its path
   maas-chroot fetch jammy --format root.tar.xz --arch arm64
@@ -249,10 +256,17 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
 
-    b = _verb(sub, "build", "fetch, extract, customise, sysprep, pack and upload an image", common)
-    b.add_argument("source", metavar="SOURCE")
-    b.add_argument("-o", "--output", required=True, metavar="OUT",
+    b = _verb(sub, "build", "fetch, extract, customise, sysprep, pack and upload an image "
+                            "(or each image of a recipe)", common)
+    b.add_argument("targets", nargs="*", metavar="SOURCE | NAME",
+                   help="the source; with -f, the recipe's images to build (default: all)")
+    b.add_argument("-f", "--file", metavar="RECIPE",
+                   help="a TOML recipe of images (flags given here override it)")
+    b.add_argument("-o", "--output", metavar="OUT",
                    help="the image to write (.tgz for MAAS; .tar.xz, .tar.bz2)")
+    b.add_argument("--if-changed", action="store_true",
+                   help="build only if the source, the spec or maas-chroot changed since the "
+                        "build recorded in OUT.build.json")
     _source_flags(b)
     b.add_argument("--variant", default="minbase", help="mmdebstrap variant for bootstrap: "
                                                         "(default: minbase)")
@@ -291,6 +305,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--level", type=int, default=6, help="compression level (default: 6)")
     _boot_flags(b, in_build=True)
     _maas_flags(b, name_flag="--upload")
+    for action in b._actions:  # only what is given: a recipe gives the rest
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+
+    k = _verb(sub, "check", "check a recipe without building anything", common)
+    k.add_argument("names", nargs="*", metavar="NAME", help="the images to check (default: all)")
+    k.add_argument("-f", "--file", metavar="RECIPE", required=True, help="the TOML recipe")
 
     f = _verb(sub, "fetch", "download and verify a cloud image (cached); print its path", common)
     f.add_argument("source", metavar="SOURCE")

@@ -20,12 +20,15 @@ from .. import arches, binfmt, chroot, maas
 from ..archive import archiving as archive
 from ..boot import boot_test
 from ..boot.runner import failure as boot_failure
+from ..chroot import manifest
 from ..customise.scrubbing import sysprep
-from ..errors import MaasChrootError, MaasCredentialsError, PrivilegeError, SourceError
+from ..errors import BuildError, MaasChrootError, PrivilegeError, SourceError
 from ..maas import Upload
-from ..pipeline import BuildSpec, build
+from ..pipeline import BuildResult, Recipe, build
+from ..pipeline.spec import preflight
 from ..sources import plans
 from ..sources.fetching import fetch
+from . import specs
 from .args import PROG, UsageError, parse
 
 log = logging.getLogger(__name__)
@@ -106,68 +109,64 @@ def _dispatch(args: argparse.Namespace) -> int:
     if verb in ROOT_VERBS and os.geteuid() != 0:
         raise PrivilegeError(f"`{PROG} {verb}` must run as root: it {ROOT_VERBS[verb]}",
                              hint=f"run it with sudo: sudo {PROG} {verb} ...")
-    handler = {"build": _build, "fetch": _fetch_verb, "extract": _extract, "shell": _shell,
-               "pack": _pack, "upload": _upload, "images": _images, "delete": _delete,
-               "recover": _recover, "boot-test": _boot_test, "binfmt": _binfmt}[verb]
+    handler = {"build": _build, "check": _check, "fetch": _fetch_verb, "extract": _extract,
+               "shell": _shell, "pack": _pack, "upload": _upload, "images": _images,
+               "delete": _delete, "recover": _recover, "boot-test": _boot_test,
+               "binfmt": _binfmt}[verb]
     return handler(args)
-
-
-def _client(args: argparse.Namespace) -> maas.MaasClient:
-    opts = {"cacerts": args.cacerts} if args.cacerts else {}
-    if args.profile:
-        return maas.MaasClient.from_profile(args.profile, **opts)
-    url = args.maas_url or os.environ.get("MAAS_URL")
-    key = args.api_key or os.environ.get("MAAS_API_KEY")
-    if url and key:
-        return maas.MaasClient(url, key, **opts)
-    if os.environ.get("MAAS_PROFILE"):
-        return maas.MaasClient.from_profile(os.environ["MAAS_PROFILE"], **opts)
-    raise MaasCredentialsError(
-        f"`{PROG} {args.verb}` needs MAAS credentials, and none were given", url="",
-        hint="pass --profile NAME (from `maas login`), or --maas-url URL --api-key KEY, "
-             "or set MAAS_URL and MAAS_API_KEY")
 
 
 def _upload_spec(args: argparse.Namespace) -> Upload:
     # the name is checked before anything touches the network or the disk
-    return Upload(client=_client(args), name=maas.validate_name(args.name), title=args.title,
-                  architecture=args.architecture, base_image=args.base_image,
+    return Upload(client=specs.client(args), name=maas.validate_name(args.name),
+                  title=args.title, architecture=args.architecture, base_image=args.base_image,
                   filetype=getattr(args, "filetype", None), force=args.force,
                   replace=args.replace,
                   wait=args.wait, wait_timeout=args.wait_timeout, chunk_size=args.chunk_size)
 
 
-def build_spec(args: argparse.Namespace) -> BuildSpec:
-    """The :class:`~maas_chroot.pipeline.BuildSpec` of ``maas-chroot build`` arguments."""
-    upload = _upload_spec(args) if args.name else None
-    return BuildSpec.create(
-        args.source, args.output,
-        packages=args.packages, remove=args.remove, purge=args.purge, upgrade=args.upgrade,
-        commands=args.commands, files=dict(args.files), apt_sources=args.apt_sources,
-        apt_key=args.apt_key, apt_proxy=args.apt_proxy, network=args.network,
-        sysprep=args.sysprep, sysprep_keep=args.sysprep_keep, workdir=args.workdir,
-        keep_rootfs=args.keep_rootfs, in_place=args.in_place, arch=args.arch, fmt=args.fmt,
-        stream=args.stream, mirror=args.mirror, keyring=args.keyring, verify=args.verify,
-        sha256=args.sha256, sums_url=args.sums_url, cache_dir=args.cache_dir,
-        variant=args.variant, include=args.include, level=args.level, upload=upload,
-        boot_test=boot_options(args) if args.boot_test else False)
-
-
-def boot_options(args: argparse.Namespace) -> dict[str, object]:
-    """The boot_test() options the boot-test flags give (only those given)."""
-    given = {"kernel": args.kernel, "boots": args.boots, "accel": args.accel,
-             "timeout": args.boot_timeout, "memory": args.memory}
-    options: dict[str, object] = {k: v for k, v in given.items() if v is not None}
-    if not args.fail_fast:
-        options["fail_fast"] = False
-    return options
-
-
 def _build(args: argparse.Namespace) -> int:
-    result = build(build_spec(args), progress=args.progress)
+    given = vars(args)
+    if_changed = bool(given.get("if_changed"))
+    if "file" not in given:
+        _report(build(specs.one(args), progress=args.progress, if_changed=if_changed))
+        return 0
+    chosen = specs.from_recipe(args)
+    failed: list[tuple[str, MaasChrootError]] = []
+    for name, spec in chosen.items():
+        try:
+            result = build(spec, progress=args.progress, if_changed=if_changed)
+        except MaasChrootError as e:
+            if len(chosen) == 1:
+                raise
+            log.error("image %s: %s", name, e)
+            failed.append((name, e))
+            continue
+        print(f"{name}:", flush=True)
+        _report(result)
+    if failed:
+        first = failed[0][1]
+        raise BuildError(f"{len(failed)} of {len(chosen)} images failed: "
+                         + ", ".join(name for name, _ in failed),
+                         step=first.step if isinstance(first, BuildError) else "check",
+                         hint="each one's error is above; the others were built")
+    return 0
+
+
+def _report(result: BuildResult) -> None:
     if result.boot is not None:
         print(result.boot)
-    print(repr(result))
+    print(repr(result), flush=True)
+
+
+def _check(args: argparse.Namespace) -> int:
+    recipe = Recipe.load(args.file)
+    chosen = recipe.select(args.names)
+    for name, spec in chosen.items():
+        up = f", upload {spec.upload.name}" if spec.upload is not None else ""
+        print(f"{name}: {preflight(spec).plan.describe()} -> {os.fspath(spec.output)}"
+              f" ({len(spec.packages)} packages{up})")
+    print(f"{os.fspath(recipe.path)}: {len(chosen)} image(s), OK")
     return 0
 
 
@@ -202,11 +201,15 @@ def _shell(args: argparse.Namespace) -> int:
 
 def _pack(args: argparse.Namespace) -> int:
     compression, _ = archive.output_format(args.output)
+    packages = manifest.read(args.root)  # in the image, before sysprep and the pack
     if args.sysprep:
         print(repr(sysprep(args.root, progress=args.progress)), file=sys.stderr)
     res = archive.pack(args.root, args.output, compression=compression, level=args.level,
                        threads=args.threads, progress=args.progress)
-    print(f"{os.fspath(res.path)}  {res.size} bytes  sha256 {res.sha256}")
+    written = manifest.write(res.path, packages)
+    print(f"{os.fspath(res.path)}  {res.size} bytes  sha256 {res.sha256}"
+          + (f"\n{os.fspath(written)}  {len(packages.splitlines())} packages"
+             if written is not None and packages is not None else ""))
     return 0
 
 
@@ -223,7 +226,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with specs.client(args) as client:
         print(maas.table(client.images(architecture=args.architecture)))
     return 0
 
@@ -231,7 +234,7 @@ def _images(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     if (args.name is None) == (args.id is None):
         raise UsageError("delete needs NAME or --id ID (one of them)", PROG + " delete")
-    with _client(args) as client:
+    with specs.client(args) as client:
         gone = client.delete(args.id if args.id is not None else args.name,
                              architecture=args.architecture)
     print(f"deleted {gone.full_name} {gone.architecture} (boot resource {gone.id})")
@@ -240,7 +243,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _boot_test(args: argparse.Namespace) -> int:
     report = boot_test(args.image, workdir=args.workdir, log_dir=args.log_dir, check=False,
-                       progress=args.progress, **boot_options(args))  # type: ignore[arg-type]
+                       progress=args.progress, **specs.boot_options(args))
     print(report)
     if not report.ok:
         raise boot_failure(report)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from filelock import FileLock
+
+from ..chroot import manifest as manifest_
+from ..chroot.apt import Apt
+from ..chroot.binds import Bind
 from ..chroot.session import Chroot, Network
 from ..errors import SpecError
 from ..sources import hostapt
@@ -20,9 +26,13 @@ from ..steps import Step
 #: the chroot) or a :class:`pathlib.Path` (a host script, copied in and run).
 Command = Union[Sequence[str], str, "os.PathLike[str]"]
 
+log = logging.getLogger(__name__)
+
 Steps = Callable[[Step], AbstractContextManager[None]]
 
 _SCRIPT_DIR = "/root"
+#: Where a build's shared apt archive cache is bound in the image (gone with the session).
+DEBS = "/var/cache/apt/archives-maas-chroot"
 
 
 @dataclass(frozen=True)
@@ -102,10 +112,12 @@ class Customisation:
         for dest, src in self.files:
             if not dest.startswith("/"):
                 raise SpecError(f"image path {dest!r} for a copied file is not absolute",
-                                key="files", hint="write it as SRC:/absolute/path/in/image")
+                                key=f"files.{dest}", hint="write it as SRC:/absolute/path/in/image")
             if not isinstance(src, bytes) and not os.path.exists(src):
                 raise SpecError(f"file to copy into the image not found: {os.fspath(src)}",
-                                key="files", hint="check the SRC of --copy SRC:DEST")
+                                key=f"files.{dest}",
+                                hint="check the host path: SRC of --copy SRC:DEST, or the "
+                                     "value of a recipe's files entry (relative to the recipe)")
         for cmd in self.commands:
             if isinstance(cmd, os.PathLike) and not os.path.isfile(cmd):
                 raise SpecError(f"script not found: {os.fspath(cmd)}", key="commands",
@@ -115,44 +127,73 @@ class Customisation:
                                 hint="give an argv list")
 
 
-def customise(root: Path, c: Customisation, steps: Steps, *, progress: bool | None) -> None:
-    """Run the customisation ``c`` on ``root`` in one chroot session."""
+def customise(root: Path, c: Customisation, steps: Steps, *, progress: bool | None,
+              manifest: bool = False, debs: Path | None = None) -> str | None:
+    """Run the customisation ``c`` on ``root`` in one chroot session.
+
+    With ``manifest``, the session ends by reading the image's package manifest
+    (:mod:`maas_chroot.chroot.manifest`), which is returned; None when it cannot be read
+    (no dpkg in the image), or without ``manifest``. ``debs``: a host directory shared
+    by builds as apt's archive cache (bound at :data:`DEBS` for the session; apt's
+    downloads go there, never into the image, and one build at a time downloads).
+    """
+    unreadable = manifest_.why_not(root) if manifest else "not asked for"
+    if manifest and unreadable is not None:
+        log.warning("%s: no package manifest: %s", root, unreadable)
+    if not c.wanted() and unreadable is not None:
+        return None
+    shared = debs if c.uses_apt() else None
     with ExitStack() as stack:
+        if shared is not None:
+            shared.mkdir(parents=True, exist_ok=True, mode=0o755)
         with steps(Step.CHROOT):
-            ch = stack.enter_context(Chroot(root, network=c.network))
-        apt = ch.apt
-        if c.uses_apt():
-            if c.apt_proxy:
-                apt.set_proxy(c.apt_proxy, keep=False)
-            for repo in c.repos():
-                apt.add_source(repo.name, [repo.uri], [repo.suite], list(repo.components),
-                               key=repo.key or "")
-            with steps(Step.UPDATE):
-                apt.update(progress=progress)
-        if c.upgrade:
-            with steps(Step.UPGRADE):
-                apt.upgrade(dist=True, progress=progress)
-        if c.packages:
-            with steps(Step.INSTALL):
-                apt.install(list(c.packages), progress=progress)
-        if c.remove:
-            with steps(Step.REMOVE):
-                apt.remove(list(c.remove), purge=c.purge, progress=progress)
-                apt.autoremove(purge=c.purge, progress=progress)
-        if c.files:
-            with steps(Step.FILES):
-                for dest, src in c.files:
-                    if isinstance(src, bytes):
-                        ch.write_file(dest, src)
-                    else:
-                        ch.copy_in(src, dest)
-        if c.commands:
-            with steps(Step.COMMANDS):
-                for i, cmd in enumerate(c.commands):
-                    _run_command(ch, cmd, i)
-        if c.uses_apt():
-            with steps(Step.APT_CLEAN):
-                apt.clean()
+            ch = stack.enter_context(Chroot(root, network=c.network,
+                                            binds=[Bind(os.fspath(shared), DEBS)] if shared
+                                            else None))
+        _steps(ch, c, steps, progress=progress,
+               lock=FileLock(os.fspath(shared) + ".lock") if shared else None)
+        if unreadable is None:
+            with steps(Step.MANIFEST):
+                return manifest_.query(ch)
+    return None
+
+
+def _steps(ch: Chroot, c: Customisation, steps: Steps, *, progress: bool | None,
+           lock: FileLock | None) -> None:
+    apt = Apt(ch, archives=DEBS if lock is not None else None)
+    downloads = lock if lock is not None else nullcontext()
+    if c.uses_apt():
+        if c.apt_proxy:
+            apt.set_proxy(c.apt_proxy, keep=False)
+        for repo in c.repos():
+            apt.add_source(repo.name, [repo.uri], [repo.suite], list(repo.components),
+                           key=repo.key or "")
+        with steps(Step.UPDATE):
+            apt.update(progress=progress)
+    if c.upgrade:
+        with steps(Step.UPGRADE), downloads:
+            apt.upgrade(dist=True, progress=progress)
+    if c.packages:
+        with steps(Step.INSTALL), downloads:
+            apt.install(list(c.packages), progress=progress)
+    if c.remove:
+        with steps(Step.REMOVE):
+            apt.remove(list(c.remove), purge=c.purge, progress=progress)
+            apt.autoremove(purge=c.purge, progress=progress)
+    if c.files:
+        with steps(Step.FILES):
+            for dest, src in c.files:
+                if isinstance(src, bytes):
+                    ch.write_file(dest, src)
+                else:
+                    ch.copy_in(src, dest)
+    if c.commands:
+        with steps(Step.COMMANDS):
+            for i, cmd in enumerate(c.commands):
+                _run_command(ch, cmd, i)
+    if c.uses_apt():
+        with steps(Step.APT_CLEAN):
+            apt.clean()
 
 
 def _run_command(ch: Chroot, cmd: Command, index: int) -> None:

@@ -217,7 +217,7 @@ def _check_root(root: str) -> None:
     if not os.path.isdir(root):
         raise SysprepError(f"sysprep: {root} is not a directory", root=root,
                           hint="pass the directory a rootfs was extracted into")
-    mounted = rootfs.mounts_under(root)
+    mounted = rootfs.mounts_under(root, below=True)  # the root may be a mount of its own
     if mounted:
         raise MountedError(f"sysprep: something is mounted below {root} ({mounted[0]})",
                            path=mounted[0], hint=f"umount -R {mounted[-1]} first")

@@ -121,6 +121,28 @@ class MaasClient:
         return cls(url, key, **kwargs)
 
     @classmethod
+    def resolve(cls, profile: str | None = None, *, url: str | None = None,
+                api_key: str | None = None, environ: Mapping[str, str] | None = None,
+                needed_by: str = "the upload", **kwargs: Any) -> MaasClient:
+        """The client the caller's credentials name, in this order: the ``maas login``
+        ``profile``; ``url`` and ``api_key`` (else ``MAAS_URL`` and ``MAAS_API_KEY``); the
+        ``MAAS_PROFILE`` profile. :class:`MaasCredentialsError` (saying what ``needed_by``
+        them) when none is given."""
+        env = os.environ if environ is None else environ
+        if profile:
+            return cls.from_profile(profile, **kwargs)
+        url, api_key = url or env.get("MAAS_URL"), api_key or env.get("MAAS_API_KEY")
+        if url and api_key:
+            return cls(url, api_key, **kwargs)
+        if env.get("MAAS_PROFILE"):
+            return cls.from_profile(env["MAAS_PROFILE"], **kwargs)
+        raise MaasCredentialsError(
+            f"{needed_by} needs MAAS credentials, and none were given", url=url or "",
+            hint="name a `maas login` profile (--profile NAME, or profile = \"NAME\" in a "
+                 "recipe's upload table), or give --maas-url URL --api-key KEY, or set "
+                 "MAAS_URL and MAAS_API_KEY (or MAAS_PROFILE)")
+
+    @classmethod
     def from_profile(cls, name: str, *, path: str | os.PathLike[str] | None = None,
                      **kwargs: Any) -> MaasClient:
         """From a profile saved by ``maas login NAME URL KEY [--cacerts FILE]``.

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from .. import arches, releases
-from ..errors import ArchiveError, ArgumentError, MaasApiError
+from ..errors import ArchiveError, ArgumentError, MaasApiError, MaasCredentialsError
 from . import api, names
 from .chunks import Sender, resume_hint, size_and_sha256
 from .resource import BootResource
@@ -65,9 +65,12 @@ class Upload:
     """An upload to MAAS: :meth:`MaasClient.upload`'s arguments, and ``build(upload=)``.
 
     :meth:`send` does the work; see :meth:`MaasClient.upload` for what each field means.
+    ``client`` may be None (a recipe's upload target): ``build()`` then makes one from
+    ``profile`` (a ``maas login`` profile name) or the environment
+    (:meth:`MaasClient.resolve`); credentials are never part of the value.
     """
 
-    client: MaasClient
+    client: MaasClient | None
     name: str
     title: str | None = None
     architecture: str | None = None  # None: the image's; force: one that contradicts it
@@ -78,11 +81,21 @@ class Upload:
     wait: bool = False
     wait_timeout: float = WAIT_TIMEOUT
     chunk_size: int = CHUNK_SIZE
+    profile: str | None = None
 
     @property
     def shown(self) -> str:
         """``custom/<name>``, as the user sees the image."""
         return names.validate_name(self.name)
+
+    def connected(self) -> MaasClient:
+        """The client; :class:`MaasCredentialsError` when there is none yet."""
+        if self.client is None:
+            raise MaasCredentialsError(
+                f"the upload of {self.name} has no MAAS client", url="",
+                hint="give Upload(client=MaasClient(...)), or build() it, which makes one from "
+                     "the upload's profile or MAAS_URL and MAAS_API_KEY")
+        return self.client
 
     def send(self, path: str | os.PathLike[str] | Sized, *,
              progress: bool | None = None) -> BootResource:
@@ -111,7 +124,7 @@ class Upload:
     def _send(self, path: str | os.PathLike[str] | Sized, file: Path, *,
               progress: bool | None) -> BootResource:
         """:meth:`send` once the architecture is settled."""
-        client, shown = self.client, self.shown
+        client, shown = self.connected(), self.shown
         bare = shown.removeprefix("custom/")
         base_image = (names.validate_base_image(self.base_image)
                       if self.base_image is not None else None)
@@ -161,7 +174,7 @@ class Upload:
 
     def _make_room(self, bare: str, base_image: str | None) -> None:
         """Refuse (or with ``replace`` delete) an old resource MAAS would reuse wrongly."""
-        client = self.client
+        client = self.connected()
         for old in client.find(bare, architecture=self.architecture):
             what = f"{old.full_name} {old.architecture} (boot resource {old.id})"
             if self.replace:
@@ -193,7 +206,7 @@ class Upload:
     def _check_answer(self, resource: BootResource, bare: str,
                       base_image: str | None) -> BootResource:
         """Compare what MAAS made with what was asked (whatever its version)."""
-        url = urljoin(self.client.api_url, f"boot-resources/{resource.id}/")
+        url = urljoin(self.connected().api_url, f"boot-resources/{resource.id}/")
         if not names.same_name(resource.name, bare) or resource.architecture != \
                 self.architecture:
             raise MaasApiError(f"asked MAAS for custom/{bare} {self.architecture}, it made "
@@ -210,7 +223,7 @@ class Upload:
 
     def _read_back(self, resource: BootResource) -> BootResource:
         try:
-            return self.client.get(resource.id)
+            return self.connected().get(resource.id)
         except MaasApiError as e:       # the last PUT's 200 already proved the sha256
             logger.warning("uploaded %s (MAAS verified its sha256), but reading it back "
                            "failed: %s", resource.full_name, e.message)
@@ -218,7 +231,7 @@ class Upload:
 
     def _report_sync(self, res: BootResource) -> None:
         try:
-            regions = f"{self.client.regions()} region controllers"
+            regions = f"{self.connected().regions()} region controllers"
         except MaasApiError:
             regions = "its region controllers"
         logger.info("uploaded %s (MAAS verified its sha256); syncing to %s: %.0f%% of the "

@@ -28,14 +28,22 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mounts_under(path: str | os.PathLike[str]) -> list[str]:
-    """Mount points at or below ``path`` in this process's mount namespace, deepest first."""
+def mounts_under(path: str | os.PathLike[str], *, below: bool = False) -> list[str]:
+    """Mount points at or below ``path`` (strictly below it with ``below``) in the calling
+    thread's mount namespace, deepest first.
+
+    The thread's own (``/proc/thread-self``): a thread may have a namespace of its own
+    (:mod:`maas_chroot.chroot.overlay`), and ``/proc/self`` shows the main thread's.
+    """
     top = os.path.realpath(os.fspath(path))
     found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+    info = "/proc/thread-self/mountinfo"
+    if not os.path.exists(info):  # Linux before 3.17
+        info = "/proc/self/mountinfo"
+    with open(info, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             point = _unescape(line.split()[4])
-            if point == top or point.startswith(top.rstrip("/") + "/"):
+            if (point == top and not below) or point.startswith(top.rstrip("/") + "/"):
                 found.append(point)
     return sorted(set(found), key=lambda p: (-p.count("/"), p))
 

@@ -39,8 +39,9 @@ from filelock import FileLock
 
 from .. import arches, binfmt, run
 from .. import progress as _progress
-from ..errors import CommandError, SourceError, tail
+from ..errors import CommandError, FetchError, SourceError, tail
 from . import hostapt
+from .http import Http, HttpOptions
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def spec_for(suite: str, *, mirror: str | None = None,
     """What to bootstrap, with the defaults filled in: the host's mirror, its components
     and its keyring. Reads the host's apt configuration only."""
     if variant not in VARIANTS:
-        raise SourceError(f"unknown mmdebstrap variant {variant!r}",
+        raise SourceError(f"unknown mmdebstrap variant {variant!r}", key="variant",
                           hint=f"use one of: {', '.join(VARIANTS)}")
     comps = tuple(components) if components is not None else ()
     key = os.fspath(keyring) if keyring is not None else None
@@ -92,7 +93,7 @@ def spec_for(suite: str, *, mirror: str | None = None,
             distro = hostapt.os_release().get("ID", "this host")
             raise SourceError(
                 f"cannot bootstrap {suite!r}: this machine's apt ({distro}) has no mirror "
-                f"carrying that suite",
+                f"carrying that suite", key="mirror",
                 hint=f"give a mirror for it: --mirror URL (with --keyring FILE for a "
                      f"distribution other than {distro})",
             ) from e
@@ -156,11 +157,46 @@ def create(spec: BootstrapSpec, dest: str | os.PathLike[str], *,
     return target
 
 
+@dataclass(frozen=True)
+class Release:
+    """The mirror's ``InRelease`` (or ``Release``) file of a suite, as read just now: what
+    a bootstrap of the suite installs from (it lists every package index, by hash)."""
+
+    url: str
+    sha256: str
+    date: str | None
+
+
+def release_of(spec: BootstrapSpec) -> Release | None:
+    """The Release file of ``spec``'s suite on its mirror (one small GET); None for a mirror
+    that is not an http(s) or file URL. A mirror that cannot be read raises FetchError."""
+    if not spec.uri.startswith(("http://", "https://", "file://")):
+        log.info("bootstrap %s: cannot read the Release file of the mirror %s", spec.suite,
+                 spec.uri)
+        return None
+    with Http(HttpOptions(retries=2)) as http:
+        for name in ("InRelease", "Release"):
+            url = f"{spec.uri}/dists/{spec.suite}/{name}"
+            try:
+                data = http.get(url).content or b""
+            except FetchError as e:
+                if e.status == 404 and name == "InRelease":
+                    continue
+                raise
+            date = next((line.split(":", 1)[1].strip() for line in
+                         data.decode("utf-8", "replace").splitlines()
+                         if line.startswith("Date:")), None)
+            return Release(url, hashlib.sha256(data).hexdigest(), date)
+    return None  # pragma: no cover - the loop returns or raises
+
+
 def cached(spec: BootstrapSpec, cache_dir: str | os.PathLike[str], *,
-           progress: bool | None = None) -> tuple[Path, bool]:
+           release: Release | None = None, progress: bool | None = None) -> tuple[Path, bool]:
     """A tarball of ``spec`` in ``cache_dir/bootstrap``, made with mmdebstrap unless one less
-    than :data:`CACHE_HOURS` old is there; returns it and whether it came from the cache."""
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+    than :data:`CACHE_HOURS` old is there; returns it and whether it came from the cache.
+    With the mirror's ``release`` file, a tarball of an older one is never reused."""
+    made_from = {**dataclasses.asdict(spec), **({"release": release.sha256} if release else {})}
+    key = hashlib.sha256(json.dumps(made_from, sort_keys=True).encode())
     out = Path(os.fspath(cache_dir)) / "bootstrap" / f"{spec.suite}-{key.hexdigest()[:16]}.tar"
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(os.fspath(out) + ".lock"):

@@ -133,6 +133,13 @@ class _Record:
         os.replace(tmp, path)
 
 
+def verified_hash(target: Path, url: str) -> tuple[str, str] | None:
+    """``(sha256, verify mode)`` of ``target`` as the cache recorded it when it fetched ``url``
+    (None when it has no record of that file as it is now)."""
+    record = _Record.load(target, url)
+    return None if record is None else (record.sha256, record.verify)
+
+
 def fetch(
     source: ImageSource | str | os.PathLike[str],
     *,

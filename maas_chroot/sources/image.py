@@ -126,12 +126,13 @@ def cloud_image(release: str, *, arch: str = "amd64", fmt: str = "squashfs",
     codename, version = releases.cloud_release(release)
     if arch not in ARCHITECTURES:
         raise SourceError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}",
+                          key="arch",
                           hint="use Debian architecture names, e.g. amd64 rather than x86_64")
     if fmt not in FORMATS:
-        raise SourceError(f"unknown image format {fmt!r}; valid: {', '.join(FORMATS)}",
+        raise SourceError(f"unknown image format {fmt!r}; valid: {', '.join(FORMATS)}", key="fmt",
                           hint="squashfs is available for every release")
     if stream not in STREAMS:
-        raise SourceError(f"unknown stream {stream!r}; valid: {', '.join(STREAMS)}")
+        raise SourceError(f"unknown stream {stream!r}; valid: {', '.join(STREAMS)}", key="stream")
     if serial != "current" and not _SERIAL.match(serial):
         raise SourceError(f"invalid serial {serial!r}; valid: 'current' or YYYYMMDD[.N]",
                           hint="serials are the dated directory names on the mirror")
@@ -169,12 +170,12 @@ def url_source(url: str, *, sha256: str | None = None, sums_url: str | None = No
     if sha256 is not None:
         digest = sha256.strip().lower().removeprefix("sha256:")
         if not _SHA256.match(digest):
-            raise SourceError(f"invalid sha256 {sha256!r} for {url}",
+            raise SourceError(f"invalid sha256 {sha256!r} for {url}", key="sha256",
                               hint="give 64 hexadecimal digits")
     if sums_url is not None:
         _check_url(sums_url)
     if signed and sums_url is None:
-        raise SourceError(f"a signature check of {url} needs sums_url=",
+        raise SourceError(f"a signature check of {url} needs sums_url=", key="sums_url",
                           hint="give the SHA256SUMS URL; its signature is <sums_url>.gpg")
     return ImageSource(url=url, filename=filename, sums_url=sums_url,
                        sig_url=f"{sums_url}.gpg" if signed else None, sha256=digest)
@@ -212,7 +213,8 @@ def verify_mode(src: ImageSource, verify: str | None, *, local: bool) -> Verify:
     known). Refuses, before anything is downloaded, an http(s) image with no way to
     verify it (unless ``verify="none"``), and a mode the source cannot satisfy."""
     if verify is not None and verify not in VERIFY_MODES:
-        raise SourceError(f"unknown verify mode {verify!r}; valid: {', '.join(VERIFY_MODES)}")
+        raise SourceError(f"unknown verify mode {verify!r}; valid: {', '.join(VERIFY_MODES)}",
+                          key="verify")
     mode = cast("Verify | None", verify or src.default_verify or ("none" if local else None))
     if mode is None:
         raise SourceError(
@@ -220,11 +222,11 @@ def verify_mode(src: ImageSource, verify: str | None, *, local: bool) -> Verify:
             hint="pass sha256=HEX (--sha256) or sums_url=URL of a SHA256SUMS (--sums-url), "
                  "or verify=\"none\" (--verify none) to accept it unverified")
     if mode == "signature" and not src.sig_url:
-        raise SourceError(f"no signature is known for {src.url}",
+        raise SourceError(f"no signature is known for {src.url}", key="verify",
                           hint="pass sums_url= (its signature is <sums_url>.gpg), or choose "
                                "verify=\"checksum\"")
     if mode == "checksum" and not (src.sums_url or src.sha256):
-        raise SourceError(f"no checksum is known for {src.url}",
+        raise SourceError(f"no checksum is known for {src.url}", key="verify",
                           hint="pass sha256= or sums_url=, or choose verify=\"none\"")
     return mode
 

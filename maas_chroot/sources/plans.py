@@ -18,6 +18,7 @@ kind of source touches this module and the step that materialises it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def plan(source: str | os.PathLike[str] | ImageSource,
     if is_url(source):
         raise SourceError(f"unsupported URL scheme in {source!r}",
                           hint="use an http://, https:// or file:// URL")
-    if os.path.lexists(source) or "/" in source or source.lower().endswith(_PATHLIKE):
+    if names_a_path(source):
         local = _local(source)
         if local.kind == "archive" and (sha256 or sums_url):  # "fetched" only to be verified
             return fetched("archive", local.value, local.value)
@@ -151,6 +152,15 @@ def plan(source: str | os.PathLike[str] | ImageSource,
     image = cloud_image(source, arch=o.arch or "amd64", fmt=o.fmt, stream=o.stream,
                         mirror=o.mirror)
     return fetched("image", image.url, image)
+
+
+def names_a_path(source: str, where: str | os.PathLike[str] = ".") -> bool:
+    """Whether the source string ``source`` names a local file or directory (relative to
+    ``where``) rather than a release or a URL: it exists, has a ``/`` or an archive suffix."""
+    if source.startswith(BOOTSTRAP) or is_url(source):
+        return False
+    return (os.path.lexists(os.path.join(where, source)) or "/" in source
+            or source.lower().endswith(_PATHLIKE))
 
 
 def _local(path: str) -> SourcePlan:
@@ -168,14 +178,18 @@ def _local(path: str) -> SourcePlan:
     )
 
 
-def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Copy a rootfs directory with all its metadata (owners, modes, xattrs, hardlinks)."""
+def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+              locked: bool = True) -> Path:
+    """Copy a rootfs directory with all its metadata (owners, modes, xattrs, hardlinks).
+
+    ``locked=False`` for a tree no session ever uses (a cached base), which many builds
+    may copy at once."""
     s, d = os.fspath(src), os.fspath(dest)
     mounted = rootfs.mounts_under(s)
     if mounted:
         raise SourceError(f"cannot copy {s}: something is mounted below it ({mounted[0]})",
                           hint=f"unmount it first (umount -R {mounted[-1]})")
-    with lock.exclusive(s, "copy"):  # no session may change it while it is copied
+    with lock.exclusive(s, "copy") if locked else contextlib.nullcontext():
         if os.path.isdir(d) and not os.listdir(d):
             os.rmdir(d)
         # --archive keeps owners, modes, times, xattrs, ACLs and hardlinks; -x stays on one

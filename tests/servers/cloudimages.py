@@ -23,7 +23,8 @@ in a private GNUPGHOME; ``site.keyring`` is that key exported for gpgv, and
 The server (127.0.0.1, an ephemeral port, stopped on exit) serves files with
 ETag/Last-Modified, honours If-None-Match/If-Modified-Since (304), Range and
 If-Range (206/416), logs every request (method, path, Range, status, bytes
-sent), and injects faults on demand: ``site.fail(path, 500)``,
+sent), publishes new release serials (``site.publish("20260201")``), and injects faults on
+demand: ``site.fail(path, 500)``,
 ``site.cut_after(path, n)``, ``site.ignore_range(path)``, ``site.hold(path)``.
 """
 
@@ -394,10 +395,12 @@ class _Gpg:
 
 # ---------------------------------------------------------------- artefacts
 
-def _small_tree(dest: Path) -> None:
-    """A tiny root filesystem: a few config files and ~384 KiB of incompressible data."""
+def _small_tree(dest: Path, serial: str = SERIAL) -> None:
+    """A tiny root filesystem: a few config files, ~384 KiB of incompressible data, and the
+    serial in /etc/cloud/build.info, as Ubuntu's cloud images carry it."""
     rnd = random.Random(4)
-    (dest / "etc").mkdir(parents=True)
+    (dest / "etc/cloud").mkdir(parents=True)
+    (dest / "etc/cloud/build.info").write_text(f"build_name: server\nserial: {serial}\n")
     (dest / "etc/os-release").write_text('NAME="Ubuntu"\nID=ubuntu\nVERSION_ID="24.04"\n')
     (dest / "etc/hostname").write_text("cloudimg\n")
     (dest / "usr/lib").mkdir(parents=True)
@@ -408,11 +411,12 @@ def _small_tree(dest: Path) -> None:
     (dest / "usr/bin/hello").chmod(0o755)
 
 
-_SMALL: dict[str, Path] = {}  # the tiny tree's artefacts, built once per process
+_SMALL: dict[str, dict[str, Path]] = {}  # the tiny tree's artefacts per serial, per process
 
 
 def build_artefacts(rootfs_tar: Path | None = None,
-                    formats: Iterable[str] = ("squashfs", "root.tar.xz")) -> dict[str, Path]:
+                    formats: Iterable[str] = ("squashfs", "root.tar.xz"),
+                    serial: str = SERIAL) -> dict[str, Path]:
     """Make ``{"squashfs": ..., "root.tar.xz": ...}`` from a rootfs tar (or a tiny tree).
 
     Only the ``formats`` asked for are made from a ``rootfs_tar``, once per tar: for
@@ -423,12 +427,12 @@ def build_artefacts(rootfs_tar: Path | None = None,
     rootfs takes a while. Sites hard-link them (copy across file systems).
     """
     if rootfs_tar is None:
-        if _SMALL:
-            return dict(_SMALL)
+        if serial in _SMALL:
+            return dict(_SMALL[serial])
         work = Path(tempfile.mkdtemp(prefix="mc-cloudimages-"))
         atexit.register(shutil.rmtree, work, True)
         tree = work / "tree"
-        _small_tree(tree)
+        _small_tree(tree, serial)
         sqfs = work / "image.squashfs"
         subprocess.run(["mksquashfs", str(tree), str(sqfs), "-noappend", "-quiet",
                         "-all-root", "-comp", "gzip"], check=True, stdin=subprocess.DEVNULL,
@@ -439,8 +443,8 @@ def build_artefacts(rootfs_tar: Path | None = None,
         txz = work / "image-root.tar.xz"
         txz.write_bytes(lzma.compress(buf.getvalue(), preset=1))
         shutil.rmtree(tree)
-        _SMALL.update({"squashfs": sqfs, "root.tar.xz": txz})
-        return dict(_SMALL)
+        _SMALL[serial] = {"squashfs": sqfs, "root.tar.xz": txz}
+        return dict(_SMALL[serial])
     st = rootfs_tar.stat()
     key = hashlib.sha256(f"{rootfs_tar.resolve()} {st.st_size} {st.st_mtime_ns}".encode())
     cache = rootfs_tar.parent / f"cloudimages-{key.hexdigest()[:12]}"
@@ -482,6 +486,7 @@ class CloudImageSite:
     daily_serial: str
     _faults: _Faults
     _gpg: _Gpg
+    rootfs_tar: Path | None = None
 
     # -- sources and paths
     def source(self, release: str = "noble", **kw: Any) -> sources.ImageSource:
@@ -526,6 +531,19 @@ class CloudImageSite:
         d = self.path(directory)
         self._gpg.sign(d / "SHA256SUMS", d / "SHA256SUMS.gpg", key)
 
+    # -- new builds
+    def publish(self, serial: str, *, release: str = "noble") -> None:
+        """Publish release serial ``serial``, as the mirror does: a signed
+        ``releases/<codename>/release-<serial>/`` (the tiny tree, whose build.info carries
+        that serial) and ``release`` pointing at it. Sites of the tiny tree only."""
+        if self.rootfs_tar is not None:
+            raise ValueError("publish() makes tiny-tree images; this site serves a rootfs tar")
+        codename, version = _releases.cloud_release(release)
+        _populate_one(self.root / "releases" / codename / f"release-{serial}",
+                      self.root / "releases" / codename / "release", f"ubuntu-{version}",
+                      "release", codename, build_artefacts(None, self.formats, serial),
+                      self._gpg, self.arches, self.formats)
+
     # -- faults (each applies to the request path; ``times=None`` means every time)
     def fail(self, path: str, status: int = 500, *, times: int | None = 1) -> None:
         self._faults.add(path, _Fault("fail", times, status=status))
@@ -554,31 +572,39 @@ def _populate(root: Path, art: dict[str, Path], gpg: _Gpg, releases: Iterable[st
               daily_serial: str) -> None:
     for release in releases:
         codename, version = _releases.cloud_release(release)
-        for stream, directory, link, prefix in (
-                ("release", root / "releases" / codename / f"release-{serial}",
-                 root / "releases" / codename / "release", f"ubuntu-{version}"),
-                ("daily", root / codename / daily_serial, root / codename / "current",
-                 codename)):
-            directory.mkdir(parents=True)
-            link.symlink_to(directory.name)
-            names: list[str] = []
-            for arch in arches:
-                base = f"{prefix}-server-cloudimg-{arch}"
-                for fmt in formats:
-                    name = base + sources.FORMATS[fmt]
-                    try:
-                        os.link(art[fmt], directory / name)
-                    except OSError:
-                        shutil.copyfile(art[fmt], directory / name)
-                    names.append(name)
-                # decoys whose names contain the image names, as on the real mirror
-                for decoy in (f"{base}.squashfs.manifest", f"{base}-root.manifest"):
-                    (directory / decoy).write_text(f"{stream} {codename} {arch}\n")
-                    names.append(decoy)
-            lines = [f"{hashlib.sha256((directory / n).read_bytes()).hexdigest()} *{n}"
-                     for n in sorted(names)]
-            (directory / "SHA256SUMS").write_text("".join(f"{x}\n" for x in lines))
-            gpg.sign(directory / "SHA256SUMS", directory / "SHA256SUMS.gpg")
+        _populate_one(root / "releases" / codename / f"release-{serial}",
+                      root / "releases" / codename / "release", f"ubuntu-{version}", "release",
+                      codename, art, gpg, arches, formats)
+        _populate_one(root / codename / daily_serial, root / codename / "current", codename,
+                      "daily", codename, art, gpg, arches, formats)
+
+
+def _populate_one(directory: Path, link: Path, prefix: str, stream: str, codename: str,
+                  art: dict[str, Path], gpg: _Gpg, arches: Iterable[str],
+                  formats: Iterable[str]) -> None:
+    """One build directory (images, decoys, signed SHA256SUMS), and ``link`` to it."""
+    directory.mkdir(parents=True)
+    names: list[str] = []
+    for arch in arches:
+        base = f"{prefix}-server-cloudimg-{arch}"
+        for fmt in formats:
+            name = base + sources.FORMATS[fmt]
+            try:
+                os.link(art[fmt], directory / name)
+            except OSError:
+                shutil.copyfile(art[fmt], directory / name)
+            names.append(name)
+        # decoys whose names contain the image names, as on the real mirror
+        for decoy in (f"{base}.squashfs.manifest", f"{base}-root.manifest"):
+            (directory / decoy).write_text(f"{stream} {codename} {arch}\n")
+            names.append(decoy)
+    lines = [f"{hashlib.sha256((directory / n).read_bytes()).hexdigest()} *{n}"
+             for n in sorted(names)]
+    (directory / "SHA256SUMS").write_text("".join(f"{x}\n" for x in lines))
+    gpg.sign(directory / "SHA256SUMS", directory / "SHA256SUMS.gpg")
+    tmp = link.with_name(link.name + ".new")
+    tmp.symlink_to(directory.name)
+    os.replace(tmp, link)
 
 
 @contextlib.contextmanager
@@ -612,7 +638,8 @@ def serve_cloud_images(
         yield CloudImageSite(
             root=root, mirror=f"http://{host!s}:{port}", keyring=gpg.keyrings["main"],
             other_keyring=gpg.keyrings["other"], log=log, releases=rel, arches=arc,
-            formats=fmts, serial=serial, daily_serial=daily_serial, _faults=faults, _gpg=gpg)
+            formats=fmts, serial=serial, daily_serial=daily_serial, _faults=faults, _gpg=gpg,
+            rootfs_tar=rootfs_tar)
     finally:
         faults.clear()  # releases any held response
         if server is not None:
