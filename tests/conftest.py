@@ -23,6 +23,13 @@ from maas_chroot.cli import verbs
 from maas_chroot.pipeline import BuildResult, BuildSpec
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The library's own cache (bootstrap tarballs, extracted bases, apt's debs) lives beside
+    # the test rootfs cache for the whole session (and the CLI subprocesses it starts):
+    # builds that name no cache_dir never fill the user's ~/.cache/maas-chroot.
+    os.environ["XDG_CACHE_HOME"] = str(CACHE / "xdg")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IS_ROOT:
         return
