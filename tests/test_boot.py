@@ -206,6 +206,11 @@ def test_a_console_prompt_without_newline_and_a_flood() -> None:
     c.feed(b"\n", 31.0)
     assert c.failure_line == "(initramfs)" and c.quote(around=c.failure_line)[-1] == \
         "(initramfs)"
+    split = console.Console()  # a panic line that arrives in two reads is read whole
+    split.feed(b"[    1.88] Kernel panic - not syncing: VFS: Unab", 4.8)
+    assert split.failure is None
+    split.feed(b"le to mount root fs on unknown-block(0,0)\n", 4.9)
+    assert split.failure is not None and split.failure.reason == "no-root-fs"
     login = console.Console()
     login.feed(b"Debian GNU/Linux 12 debian ttyS0\n\ndebian login: ", 70.0)
     assert login.milestones == {"login": 70.0}  # a prompt is seen when it comes, not later

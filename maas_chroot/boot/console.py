@@ -57,10 +57,17 @@ FATAL: tuple[tuple[re.Pattern[str], Failure], ...] = (
 )
 
 
-def fatal(line: str) -> Failure | None:
-    """The failure ``line`` announces, or None."""
+#: The failures a console shows as a prompt, with no newline after it: the only ones a
+#: line still being written may end a boot with. Any other line is read whole, so that
+#: "Kernel panic - not syncing: VFS: Unable to mount root fs" split between two reads is
+#: not taken for a bare panic.
+PROMPTS = frozenset({"initramfs-shell", "emergency"})
+
+
+def fatal(line: str, *, partial: bool = False) -> Failure | None:
+    """The failure ``line`` announces, or None (``partial``: only a prompt's)."""
     for pattern, failure in FATAL:
-        if pattern.search(line):
+        if pattern.search(line) and (not partial or failure.reason in PROMPTS):
             return failure
     return None
 
@@ -124,7 +131,7 @@ class Console:
             if name not in self.milestones and pattern.search(text):
                 self.milestones[name] = round(at, 2)
         if self.failure is None:
-            found = fatal(text)
+            found = fatal(text, partial=partial)
             if found is not None:
                 self.failure, self.failure_line = found, text.strip()
                 self._failure_partial = partial
