@@ -1,4 +1,4 @@
-"""Raw ctypes bindings to the libarchive functions archive.py needs.
+"""Raw ctypes bindings to the libarchive functions the archive stage needs.
 
 python-libarchive-c locates the library; we bind our own handle so its
 ``errcheck`` hooks (which log ``ARCHIVE_WARN`` and carry on) never apply:
