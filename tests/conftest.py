@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import CACHE, IS_ROOT, binfmt_state, build_minbase, gnu_extract, processes_naming
+from fixtures import (
+    CACHE,
+    IS_ROOT,
+    binfmt_state,
+    build_minbase,
+    gnu_extract,
+    maascli_source,
+    processes_naming,
+)
 from servers.tls import TestCA, make_ca
 
 from maas_chroot import binfmt, rootfs
@@ -164,6 +172,15 @@ def minbase_root(request: pytest.FixtureRequest, minbase_tar: Path,
 def maas_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     """A private CA and a certificate for 127.0.0.1 it signed (what MAAS's TLS uses)."""
     return make_ca(tmp_path_factory.mktemp("maas-ca"))
+
+
+@pytest.fixture(scope="session")
+def maascli_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real maas CLI's source (``$MAAS_SOURCE``); tests that need it skip without it."""
+    found = maascli_source(tmp_path_factory.mktemp("maascli"))
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
 
 
 @pytest.fixture(scope="session")

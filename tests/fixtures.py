@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import io
 import json
 import os
 import sqlite3
@@ -309,3 +311,75 @@ def maas_login(db: Path, name: str, url: str, api_key: str, *,
                      (name, json.dumps(data)))
     os.chmod(db, 0o600)
     return data
+
+
+def make_tgz(path: Path, *, payload: int, codename: str | None = "jammy") -> Path:
+    """A real tar.gz with an Ubuntu etc/lsb-release and ``payload`` random bytes."""
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if codename:
+            add("etc/lsb-release", f"DISTRIB_ID=Ubuntu\nDISTRIB_CODENAME={codename}\n".encode())
+        add("usr/lib/big", os.urandom(payload))
+    return path
+
+
+#: The Python packages the real maas CLI imports (``src/maascli``, ``src/apiclient``): the
+#: ``maascli`` extra of setup.cfg, which scripts/test installs when MAAS_SOURCE is set.
+MAASCLI_MODULES = ("httplib2", "macaroonbakery", "OpenSSL", "yaml", "oauthlib")
+
+
+def maascli_source(dest: Path) -> Path | str:
+    """``src/maascli`` and ``src/apiclient`` of the canonical/maas checkout (a work tree or a
+    git dir) named by ``$MAAS_SOURCE``, exported under ``dest``; or why they cannot be."""
+    where = os.environ.get("MAAS_SOURCE")
+    if not where:
+        return ("the real maas CLI needs a canonical/maas checkout: "
+                "MAAS_SOURCE=/path/to/maas scripts/test")
+    missing = [m for m in MAASCLI_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"the maas CLI needs {', '.join(missing)}: pip install -e .[test,maascli]"
+    top = Path(where)
+    if (top / "src/maascli/__init__.py").is_file():
+        return top / "src"
+    git = top / ".git" if (top / ".git").exists() else top
+    out = subprocess.run(["git", f"--git-dir={git}", "archive", "HEAD", "src/maascli",
+                          "src/apiclient"], capture_output=True, stdin=subprocess.DEVNULL,
+                         check=False)
+    if out.returncode != 0:
+        return f"MAAS_SOURCE={where} is not a canonical/maas checkout: {out.stderr.decode()}"
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"
+
+
+class RealMaasCli:
+    """The real ``maas`` CLI (canonical/maas ``src/maascli``), run from source with its own
+    ``$HOME``, so that its profiles live in ``home/.maascli.db``."""
+
+    def __init__(self, src: Path, home: Path) -> None:
+        self.src, self.home = src, home
+        home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def db(self) -> Path:
+        return self.home / ".maascli.db"
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {"HOME": str(self.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "PYTHONPATH": str(self.src), "LANG": "C.UTF-8"}
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from maascli import main; "
+             "main(['maas', *sys.argv[1:]])", *args],
+            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+            check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"maas {' '.join(args)}: exit {proc.returncode}\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args).stdout)
+

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from fixtures import maas_login
+from fixtures import maas_login, make_tgz
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT, Client
 from requests_oauthlib import OAuth1
 from servers.maas import FakeMaas, serve
@@ -52,19 +52,6 @@ def fake(tmp_path: Path) -> Iterator[FakeMaas]:
 
 def client(fake: FakeMaas) -> mm.MaasClient:
     return mm.MaasClient(fake.url, fake.api_key, timeout=30)
-
-
-def make_tgz(path: Path, *, payload: int, codename: str | None = "jammy") -> Path:
-    """A real tar.gz with an Ubuntu etc/lsb-release and ``payload`` random bytes."""
-    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        if codename:
-            add("etc/lsb-release", f"DISTRIB_ID=Ubuntu\nDISTRIB_CODENAME={codename}\n".encode())
-        add("usr/lib/big", os.urandom(payload))
-    return path
 
 
 def nonces(fake: FakeMaas) -> list[str]:
