@@ -78,6 +78,9 @@ class BootRun:
     failure_lines: tuple[str, ...] = ()
     timed_out: bool = False
     returncode: int | None = None
+    #: Console logs of earlier tries of this boot, each ended by QEMU itself crashing
+    #: before the guest's init started (a QEMU fault, not the image's: see the runner).
+    crashes: tuple[Path, ...] = ()
 
     @property
     def machine_id(self) -> str | None:
@@ -176,6 +179,8 @@ class BootRun:
             lines.append(f"            machine-id {mid}, {len(self.host_keys)} SSH host keys, "
                          f"user {guest.USER}, hostname {self.guest.get('hostname')}")
         lines.append(f"            console {self.console_log}")
+        lines += [f"            booted again: QEMU crashed before the guest's init, console "
+                  f"{c}" for c in self.crashes]
         return lines
 
 

@@ -33,6 +33,12 @@ from .seed import Seed, write
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = Path("/var/tmp")
+#: Times a boot is tried again when QEMU itself crashes (killed by a signal it was not sent)
+#: before the guest's init starts. QEMU 7.2's TCG was seen here to segfault while the guest
+#: kernel probed PCI (once in a full test run); the guest cannot have written to its disk
+#: by then (the kernel mounts the root read-only), so the same disk boots again, and the
+#: report keeps the crashed console.
+CRASH_RETRIES = 1
 TOOLS = {"mke2fs": "e2fsprogs", "debugfs": "e2fsprogs", "sfdisk": "fdisk",
          "tar": "tar", qemu.QEMU: "qemu-system-x86"}
 
@@ -165,9 +171,29 @@ def _boot_all(path: Path, staged: deploy.Staged, *, seeds: list[Seed],
         outcomes = qemu.boot(machines, used, timeout=limit,
                              on_milestone=lambda name, at: bar.set_postfix_str(
                                  f"{name} {at:.0f} s"))
-    return used, tuple(_run(i + 1, o, m, s, logs / f"{path.name}.boot-{i + 1}")
-                       for i, (o, m, s) in enumerate(zip(outcomes, machines, seeds,
-                                                         strict=True)))
+        crashes: list[list[Path]] = [[] for _ in machines]
+        for i, machine in enumerate(machines):
+            while _crashed_early(outcomes[i]) and len(crashes[i]) < CRASH_RETRIES:
+                crashed = logs / f"{path.name}.boot-{i + 1}.crash-{len(crashes[i]) + 1}.log"
+                _save(crashed, outcomes[i].console.text())
+                crashes[i].append(crashed)
+                log.warning("boot %d: QEMU crashed (exit %s) before the guest's init started "
+                            "(console: %s); booting it again", i + 1, outcomes[i].returncode,
+                            crashed)
+                [outcomes[i]] = qemu.boot([machine], used, timeout=limit)
+    return used, tuple(_run(i + 1, o, m, s, logs / f"{path.name}.boot-{i + 1}",
+                            crashes=tuple(c))
+                       for i, (o, m, s, c) in enumerate(zip(outcomes, machines, seeds, crashes,
+                                                            strict=True)))
+
+
+def _crashed_early(outcome: qemu.Outcome) -> bool:
+    """QEMU ended by a signal with no fatal console line and no report, before the guest's
+    init started: QEMU's own fault. (The boot test only kills a QEMU whose console showed
+    a fatal line, or at the timeout, when it is still running.)"""
+    return (outcome.returncode is not None and outcome.returncode < 0
+            and outcome.console.failure is None and not outcome.report
+            and "userspace" not in outcome.console.milestones)
 
 
 def failure(report: BootReport) -> BootTestError:
@@ -198,7 +224,7 @@ def _copy_out(root: Path, path: str, out: scratch.Scratch) -> None:
 
 
 def _run(index: int, outcome: qemu.Outcome, machine: qemu.Machine, seed: Seed,
-         stem: Path) -> BootRun:
+         stem: Path, *, crashes: tuple[Path, ...]) -> BootRun:
     console = outcome.console
     log_path = stem.with_name(stem.name + ".log")
     _save(log_path, console.text())
@@ -216,7 +242,7 @@ def _run(index: int, outcome: qemu.Outcome, machine: qemu.Machine, seed: Seed,
     return BootRun(index=index, seed=seed, console_log=log_path, milestones=milestones,
                    guest=report, failure=console.failure,
                    failure_lines=quoted, timed_out=outcome.timed_out,
-                   returncode=outcome.returncode,
+                   returncode=outcome.returncode, crashes=crashes,
                    disk_machine_id=disk_id.decode("utf-8", "replace").strip()
                    if disk_id is not None else None, disk_host_keys=keys)
 
