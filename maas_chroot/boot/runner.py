@@ -121,7 +121,9 @@ def boot_test(image: str | os.PathLike[str], *, kernel: str | None = None,
                         extra_problems=tuple(extra),
                         notes=(DATASOURCE_NOTE, *((TCG_NOTE,) if used == "tcg" else ()),
                                *((SKIPPED_NOTE,) if not runs else ())))
-    log.info("%s", report)
+    log.info("boot test of %s: %s", path.name, "OK" if report.ok else
+             f"FAILED ({report.problems[0].reason})")
+    log.debug("%s", report)
     if check and not report.ok:
         raise failure(report)
     return report
