@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,17 +313,22 @@ def maas_login(db: Path, name: str, url: str, api_key: str, *,
     return data
 
 
-def make_tgz(path: Path, *, payload: int, codename: str | None = "jammy") -> Path:
-    """A real tar.gz with an Ubuntu etc/lsb-release and ``payload`` random bytes."""
-    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        def add(name: str, data: bytes) -> None:
+def write_tgz(path: Path, members: Iterable[tuple[str, bytes]], *,
+              compresslevel: int = 9) -> Path:
+    """A tar.gz of regular files: ``(name, content)`` in the order given."""
+    with tarfile.open(path, "w:gz", compresslevel=compresslevel) as tar:
+        for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        if codename:
-            add("etc/lsb-release", f"DISTRIB_ID=Ubuntu\nDISTRIB_CODENAME={codename}\n".encode())
-        add("usr/lib/big", os.urandom(payload))
     return path
+
+
+def make_tgz(path: Path, *, payload: int, codename: str | None = "jammy") -> Path:
+    """A real tar.gz with an Ubuntu etc/lsb-release and ``payload`` random bytes."""
+    release = [("etc/lsb-release",
+                f"DISTRIB_ID=Ubuntu\nDISTRIB_CODENAME={codename}\n".encode())] if codename else []
+    return write_tgz(path, [*release, ("usr/lib/big", os.urandom(payload))], compresslevel=1)
 
 
 #: The Python packages the real maas CLI imports (``src/maascli``, ``src/apiclient``): the

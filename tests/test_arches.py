@@ -4,14 +4,13 @@ root, MAAS's architecture of an upload, and binfmt_misc handlers read from a fak
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures import write_tgz
 
 import maas_chroot as mc
 from maas_chroot import arches, binfmt, rootfs
@@ -110,14 +109,10 @@ def test_image_arch_falls_back_to_dpkg_and_else_says_none(tmp_path: Path) -> Non
 
 
 def test_a_tgz_says_its_architecture_by_its_programs(tmp_path: Path) -> None:
-    tgz = tmp_path / "img.tgz"
-    with tarfile.open(tgz, "w:gz") as tar:
-        for name, data in (("./etc/ld.so.cache", arches.BY_NAME["amd64"].elf_header()),
-                           ("./usr/lib/modules/x.ko", ARM64.elf_header()[:16] + b"\1"),
-                           ("./usr/bin/[", ARM64.elf_header() + b"\0" * 64)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    tgz = write_tgz(tmp_path / "img.tgz", [
+        ("./etc/ld.so.cache", arches.BY_NAME["amd64"].elf_header()),
+        ("./usr/lib/modules/x.ko", ARM64.elf_header()[:16] + b"\1"),
+        ("./usr/bin/[", ARM64.elf_header() + b"\0" * 64)])
     assert names.sniff_arch(tgz, "tgz") == "arm64"
     assert names.sniff_arch(tgz, "ddraw") is None
 
@@ -126,13 +121,9 @@ def test_a_big_boot_dir_first_does_not_hide_the_architecture(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     # members come sorted: an initrd that does not compress comes before usr/bin
-    tgz = tmp_path / "img.tgz"
-    with tarfile.open(tgz, "w:gz", compresslevel=1) as tar:
-        for name, data in (("./boot/initrd.img-6.8", os.urandom(3 << 20)),
-                           ("./usr/bin/dash", ARM64.elf_header() + b"\0" * 64)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    tgz = write_tgz(tmp_path / "img.tgz", [("./boot/initrd.img-6.8", os.urandom(3 << 20)),
+                                           ("./usr/bin/dash", ARM64.elf_header() + b"\0" * 64)],
+                    compresslevel=1)
     assert names.sniff_arch(tgz, "tgz", required=True) == "arm64"
     monkeypatch.setattr(names, "_SNIFF_BUDGET", 1 << 20)  # as if /boot held 600 MB
     assert names.sniff_arch(tgz, "tgz") is None

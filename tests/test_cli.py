@@ -3,7 +3,6 @@ end-to-end builds through ``python -m maas_chroot`` as a subprocess, checked wit
 
 from __future__ import annotations
 
-import io
 import os
 import shlex
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import REPO, assert_one_clear_error, curtin_extract, maas_login, run_cli
+from fixtures import REPO, assert_one_clear_error, curtin_extract, maas_login, run_cli, write_tgz
 from servers.aptrepo import DebSpec, serve_proxy, serve_repo
 from servers.maas import serve
 from servers.tls import TestCA
@@ -96,12 +95,7 @@ def test_upload_flags_reach_the_upload(recorded_build: list[tuple[Any, ...]],
 
 
 def _image(path: Path) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        info = tarfile.TarInfo("etc/lsb-release")
-        data = b"DISTRIB_ID=Ubuntu\nDISTRIB_CODENAME=noble\n"
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return path
+    return write_tgz(path, [("etc/lsb-release", b"DISTRIB_ID=Ubuntu\nDISTRIB_CODENAME=noble\n")])
 
 
 def test_images_upload_and_delete_verbs_with_a_profile_and_with_url_and_key(
